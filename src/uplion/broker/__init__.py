@@ -1,0 +1,22 @@
+"""Brokers: the queue between gateway and workers. ``connect(url)`` picks one by URL scheme.
+
+- ``memory://``: embedded, in-process (one machine, the default of ``uplion run``)
+- ``redis://`` / ``rediss://``: Redis Streams (the default in clusters)
+"""
+
+from __future__ import annotations
+
+from uplion.broker import memory, redis_streams
+from uplion.broker.base import Backlog, Broker, Consumer, Delivery
+
+__all__ = ["Backlog", "Broker", "Consumer", "Delivery", "connect"]
+
+
+def connect(url: str) -> Broker:
+    """A broker for ``url``; call ``await broker.start()`` before use."""
+    scheme = url.split(":", 1)[0]
+    if scheme == "memory":
+        return memory.MemoryBroker()
+    if scheme in ("redis", "rediss", "unix"):
+        return redis_streams.RedisStreamsBroker(url)
+    raise ValueError(f"unknown broker URL scheme {scheme!r}: use memory:// or redis://host:port")

@@ -1,0 +1,94 @@
+"""The one interface every broker implements: topics of tasks, reply channels, cancellations.
+
+Semantics every implementation keeps (the contract tests in ``tests/broker`` hold them to it):
+
+- ``publish`` appends a task to a topic; any number of consumers of the topic's worker group
+  share it, each task going to one consumer at a time.
+- ``Consumer.take(n)`` returns at most ``n`` tasks: a worker asks only for as many as it has free
+  slots (pull, no dispatcher). A taken task stays owned by that consumer until ``ack``; if the
+  consumer dies, the task is delivered again to another consumer after the visibility timeout.
+- Replies go to a gateway's own address; the gateway holds the client connection.
+- ``cancel`` marks a task as abandoned by its client: consumers skip it if not yet started, and
+  workers that hold it are told through ``subscribe_cancellations``.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from uplion import protocol
+
+ChunkHandler = Callable[[protocol.Chunk], None]
+CancelHandler = Callable[[str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A task handed to one consumer; ``receipt`` is what the broker needs to ack it."""
+
+    task: protocol.Task
+    receipt: str
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """Tasks of a topic not yet taken (``waiting``) and taken but not acked (``in_flight``)."""
+
+    waiting: int
+    in_flight: int
+
+    @property
+    def total(self) -> int:
+        return self.waiting + self.in_flight
+
+
+class Consumer(abc.ABC):
+    """One worker's handle on a topic."""
+
+    @abc.abstractmethod
+    async def take(self, max_count: int, timeout: float) -> list[Delivery]:
+        """Wait up to ``timeout`` seconds for tasks; return at most ``max_count`` (maybe none)."""
+
+    @abc.abstractmethod
+    async def ack(self, delivery: Delivery) -> None:
+        """The task is answered: it is never delivered again."""
+
+    @abc.abstractmethod
+    async def release(self, delivery: Delivery) -> None:
+        """Give a task back unanswered so another consumer takes it at once."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+
+class Broker(abc.ABC):
+    @abc.abstractmethod
+    async def start(self) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def publish(self, topic: str, task: protocol.Task) -> None: ...
+
+    @abc.abstractmethod
+    def consumer(self, topic: str, group: str, name: str) -> Consumer: ...
+
+    @abc.abstractmethod
+    async def send_reply(self, address: str, chunk: protocol.Chunk) -> None: ...
+
+    @abc.abstractmethod
+    async def subscribe_replies(self, address: str, handler: ChunkHandler) -> None:
+        """Deliver every chunk sent to ``address`` to ``handler`` until the broker closes."""
+
+    @abc.abstractmethod
+    async def cancel(self, task: protocol.Task) -> None: ...
+
+    @abc.abstractmethod
+    async def subscribe_cancellations(self, handler: CancelHandler) -> None:
+        """Call ``handler(task_id)`` for every cancellation from now until the broker closes."""
+
+    @abc.abstractmethod
+    async def backlog(self, topic: str, group: str) -> Backlog: ...

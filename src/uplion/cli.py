@@ -1,0 +1,139 @@
+"""The ``uplion`` command: run the platform on one machine, or one gateway or worker process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import typer
+import uvicorn
+import uvloop
+from starlette.applications import Starlette
+
+from uplion import broker, config, gateway, worker
+from uplion.local.runtime import LocalPlatform
+from uplion.models import ModelSpec, load_models_file
+from uplion.worker import engines
+
+app = typer.Typer(help="uplion: serve any AI model, local or remote, behind one API.",
+                  no_args_is_help=True, add_completion=False)
+
+ModelsOption = typer.Option(None, "--models", "-m", help="Models file (YAML).")
+BrokerOption = typer.Option(None, "--broker", "-b", help="memory:// or redis://host:port/db")
+HostOption = typer.Option(None, "--host", help="Address to listen on.")
+PortOption = typer.Option(None, "--port", "-p", help="Port to listen on.")
+
+
+def _settings(
+    models: Path | None, broker_url: str | None, host: str | None = None, port: int | None = None
+) -> config.Settings:
+    overrides = {"models_file": models, "broker_url": broker_url, "host": host, "port": port}
+    settings = config.Settings.model_validate({k: v for k, v in overrides.items() if v is not None})
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    return settings
+
+
+def _specs(settings: config.Settings) -> list[ModelSpec]:
+    try:
+        return load_models_file(settings.models_file)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--models") from None
+
+
+def _banner(settings: config.Settings, specs: list[ModelSpec]) -> str:
+    base = f"http://{settings.host}:{settings.port}"
+    chat = next((s.name for s in specs if s.serves == "text-generation"), "<model>")
+    return "\n".join([
+        f"uplion is serving {', '.join(s.name for s in specs)} on {settings.broker_url}",
+        f"  OpenAI API:  {base}/v1   (KServe v2: {base}/v2, metrics: {base}/metrics)",
+        "  try:",
+        f"    curl {base}/v1/chat/completions -H 'Content-Type: application/json' \\",
+        f"      -d '{{\"model\": \"{chat}\", \"messages\": "
+        "[{\"role\": \"user\", \"content\": \"Hello!\"}]}'",
+    ])
+
+
+def _serve(app_: Starlette, settings: config.Settings) -> None:
+    server = uvicorn.Server(uvicorn.Config(
+        app_, host=settings.host, port=settings.port, loop="uvloop", http="httptools",
+        lifespan="on", log_level=settings.log_level, access_log=False,
+    ))
+    server.run()
+
+
+@app.command()
+def run(
+    models: Path | None = ModelsOption, broker_url: str | None = BrokerOption,
+    host: str | None = HostOption, port: int | None = PortOption,
+) -> None:
+    """Start the whole platform in one process: gateway, broker (embedded by default), workers."""
+    settings = _settings(models, broker_url, host, port)
+    specs = _specs(settings)
+    platform = LocalPlatform(settings.broker_url, specs)
+    banner = _banner(settings, specs)
+    _serve(platform.app(on_ready=lambda: typer.echo(banner)), settings)
+
+
+@app.command("gateway")
+def gateway_command(
+    models: Path | None = ModelsOption, broker_url: str | None = BrokerOption,
+    host: str | None = HostOption, port: int | None = PortOption,
+) -> None:
+    """Start a gateway only; workers run as separate `uplion worker` processes."""
+    settings = _settings(models, broker_url, host, port)
+    source = broker.connect(settings.broker_url)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app_: Starlette) -> AsyncIterator[None]:
+        await source.start()
+        try:
+            yield
+        finally:
+            await source.close()
+
+    catalog = gateway.Catalog(_specs(settings))
+    _serve(gateway.create_app(source, catalog, lifespan=lifespan), settings)
+
+
+@app.command("worker")
+def worker_command(
+    model: str = typer.Option(..., "--model", help="Model to serve: NAME or NAME@VERSION."),
+    models: Path | None = ModelsOption, broker_url: str | None = BrokerOption,
+    concurrency: int | None = typer.Option(None, "--concurrency", "-c", help="Task slots."),
+) -> None:
+    """Serve one model: pull its tasks when a slot is free; SIGTERM drains and exits."""
+    settings = _settings(models, broker_url)
+    name, _, version = model.partition("@")
+    spec = next((s for s in _specs(settings)
+                 if s.name == name and (not version or s.version == version)), None)
+    if spec is None:
+        raise typer.BadParameter(f"{model} is not in {settings.models_file}", param_hint="--model")
+    if concurrency is not None:
+        spec = spec.model_copy(update={"concurrency": concurrency})
+    uvloop.run(_run_worker(settings.broker_url, spec))
+
+
+async def _run_worker(broker_url: str, spec: ModelSpec) -> None:
+    source = broker.connect(broker_url)
+    await source.start()
+    engine = engines.create(spec.engine)
+    try:
+        await engine.load()
+        replica = worker.Worker(source, spec, engine)
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, replica.stop)
+        await replica.run()
+    finally:
+        await engine.close()
+        await source.close()
+
+
+def main() -> None:
+    app()

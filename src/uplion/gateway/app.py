@@ -1,0 +1,110 @@
+"""The gateway's ASGI app, built by a factory: routes, error rendering, metrics and lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from uplion import broker, protocol, schemas
+from uplion.gateway import errors, kserve_v2, openai
+from uplion.gateway.catalog import Catalog
+from uplion.gateway.exchange import ClientGone, Exchange
+from uplion.gateway.metrics import GatewayMetrics
+from uplion.gateway.relay import Relay
+from uplion.gateway.state import GatewayState, state_of
+
+log = logging.getLogger(__name__)
+
+Lifespan = Callable[[Starlette], AbstractAsyncContextManager[None]]
+
+
+def create_app(
+    source: broker.Broker, catalog: Catalog, lifespan: Lifespan | None = None
+) -> Starlette:
+    """The gateway app over a broker. ``lifespan`` (if any) runs around the gateway's own
+    start-up, e.g. to start the broker and local workers; the broker must be started by then."""
+    relay = Relay(source)
+    metrics = GatewayMetrics()
+    state = GatewayState(
+        broker=source, catalog=catalog, relay=relay, metrics=metrics,
+        exchange=Exchange(relay, metrics),
+    )
+
+    @contextlib.asynccontextmanager
+    async def run(app: Starlette) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            if lifespan is not None:
+                await stack.enter_async_context(lifespan(app))
+            await relay.start()
+            state.ready = True
+            log.info("gateway ready: reply address %s, models %s", relay.address, catalog.names())
+            yield
+            state.ready = False
+
+    app = Starlette(
+        routes=[*openai.ROUTES, *kserve_v2.ROUTES, Route("/metrics", metrics_endpoint)],
+        exception_handlers={
+            errors.ApiError: _api_error,
+            schemas.InvalidRequest: _invalid_request,
+            ClientGone: _client_gone,
+            HTTPException: _http_error,
+        },
+        lifespan=run,
+    )
+    app.state.uplion = state
+    return app
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    state = state_of(request)
+    for route in state.catalog.routes():
+        backlog = await state.broker.backlog(route.topic, protocol.WORKER_GROUP)
+        state.metrics.backlog.labels(route.topic, "waiting").set(backlog.waiting)
+        state.metrics.backlog.labels(route.topic, "in_flight").set(backlog.in_flight)
+    return Response(state.metrics.exposition(), media_type="text/plain; version=0.0.4")
+
+
+def _render(request: Request, error: protocol.ErrorInfo, headers: dict[str, str]) -> Response:
+    if request.url.path.startswith("/v2"):
+        return errors.v2_response(error, headers)
+    return errors.openai_response(error, headers)
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, errors.ApiError)
+    return _render(request, exc.error, exc.headers)
+
+
+async def _invalid_request(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, schemas.InvalidRequest)
+    return _render(request, protocol.ErrorInfo(
+        exc.message, type="invalid_request_error", param=exc.param, status=400
+    ), {})
+
+
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    return Response(status_code=499)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        message = f"Unknown request URL: {request.method} {request.url.path}."
+        code = "unknown_url"
+    elif exc.status_code == 405:
+        message = f"Method {request.method} is not allowed on {request.url.path}."
+        code = "method_not_allowed"
+    else:
+        message, code = str(exc.detail), None
+    error = protocol.ErrorInfo(
+        message, type="invalid_request_error", code=code, status=exc.status_code
+    )
+    return _render(request, error, dict(exc.headers or {}))

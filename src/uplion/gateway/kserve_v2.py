@@ -1,0 +1,107 @@
+"""The KServe v2 / Open Inference Protocol over REST: health, metadata and inference.
+
+Text models take a BYTES input of texts: generation models answer a BYTES ``text_output``,
+embedding models an FP32 ``embedding`` of shape ``[n, dim]``. Errors are ``{"error": "..."}`` as
+the protocol specifies.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+import uplion
+from uplion import protocol, schemas
+from uplion.gateway import catalog, errors
+from uplion.gateway.openai import json_response
+from uplion.gateway.state import state_of
+
+_TENSORS: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]] = {
+    "text-generation": (
+        [{"name": "text_input", "datatype": "BYTES", "shape": [-1]}],
+        [{"name": "text_output", "datatype": "BYTES", "shape": [-1]}],
+    ),
+    "embedding": (
+        [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
+        [{"name": "embedding", "datatype": "FP32", "shape": [-1, -1]}],
+    ),
+}
+
+
+async def server_metadata(request: Request) -> Response:
+    return json_response({"name": "uplion", "version": uplion.__version__, "extensions": []})
+
+
+async def live(request: Request) -> Response:
+    return json_response({"live": True})
+
+
+async def ready(request: Request) -> Response:
+    is_ready = state_of(request).ready
+    return json_response({"ready": is_ready}, status=200 if is_ready else 503)
+
+
+def _route(request: Request) -> catalog.Route:
+    name = request.path_params["name"]
+    version = request.path_params.get("version")
+    route = state_of(request).catalog.resolve(name, version)
+    if route is None:
+        shown = f"{name} version {version}" if version else name
+        raise errors.ApiError(protocol.ErrorInfo(
+            f"Model {shown} is not found.", type="invalid_request_error",
+            code="model_not_found", status=404,
+        ))
+    return route
+
+
+async def model_metadata(request: Request) -> Response:
+    route = _route(request)
+    inputs, outputs = _TENSORS[route.spec.serves]
+    return json_response({
+        "name": route.spec.name, "versions": state_of(request).catalog.versions(route.spec.name),
+        "platform": f"uplion/{route.spec.engine.kind}", "inputs": inputs, "outputs": outputs,
+    })
+
+
+async def model_ready(request: Request) -> Response:
+    route = _route(request)
+    return json_response({"name": route.spec.name, "ready": True})
+
+
+async def infer(request: Request) -> Response:
+    route = _route(request)
+    if "inference-header-content-length" in request.headers:
+        raise errors.invalid_request(
+            "The binary tensor data extension is not supported: send tensors as JSON "
+            "(tritonclient: binary_data=False)."
+        )
+    payload = schemas.decode_body(await request.body())
+    body = schemas.parse(payload, schemas.V2InferRequest)
+    state = state_of(request)
+    call = await state.exchange.call(route, protocol.Protocol.KSERVE_V2, payload, stream=False)
+    final = await call.result(request)
+    usage = final.usage or protocol.Usage()
+    return json_response({
+        "model_name": route.spec.name, "model_version": route.spec.version,
+        "id": body.id or call.task.id, "parameters": usage.as_openai(),
+        "outputs": (final.data or {}).get("outputs", []),
+    })
+
+
+_MODEL = "/v2/models/{name}"
+_VERSION = "/v2/models/{name}/versions/{version}"
+
+ROUTES = [
+    Route("/v2", server_metadata, methods=["GET"]),
+    Route("/v2/health/live", live, methods=["GET"]),
+    Route("/v2/health/ready", ready, methods=["GET"]),
+    Route(_MODEL, model_metadata, methods=["GET"]),
+    Route(_VERSION, model_metadata, methods=["GET"]),
+    Route(f"{_MODEL}/ready", model_ready, methods=["GET"]),
+    Route(f"{_VERSION}/ready", model_ready, methods=["GET"]),
+    Route(f"{_MODEL}/infer", infer, methods=["POST"]),
+    Route(f"{_VERSION}/infer", infer, methods=["POST"]),
+]

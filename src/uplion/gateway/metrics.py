@@ -1,0 +1,40 @@
+"""The gateway's Prometheus metrics, in a registry of its own (one per app, none global)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
+                   60, 120)
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "uplion_requests", "Inference requests answered, by model, protocol and HTTP status.",
+            ["model", "protocol", "status"], registry=self.registry,
+        )
+        self.latency = Histogram(
+            "uplion_request_duration_seconds", "Time from request to last byte of the answer.",
+            ["model", "protocol"], buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.queue_wait = Histogram(
+            "uplion_queue_wait_seconds", "Time a task waited in its topic before a worker took it.",
+            ["model"], buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.tokens = Counter(
+            "uplion_tokens", "Tokens processed, by model and direction (prompt, completion).",
+            ["model", "direction"], registry=self.registry,
+        )
+        self.backlog = Gauge(
+            "uplion_topic_backlog", "Tasks in a model topic: waiting, or taken and not yet acked.",
+            ["topic", "state"], registry=self.registry,
+        )
+        self.inflight = Gauge(
+            "uplion_gateway_inflight", "Requests this gateway is waiting on.",
+            registry=self.registry,
+        )
+
+    def exposition(self) -> bytes:
+        return bytes(generate_latest(self.registry))

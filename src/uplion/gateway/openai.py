@@ -1,0 +1,146 @@
+"""The OpenAI API: models, chat completions (with SSE streaming), completions, embeddings.
+
+Bodies are validated against ``uplion.schemas`` (a bad field is a 400 naming it), become a task on
+the model's topic, and the worker's chunks are wrapped in OpenAI's envelopes here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from uplion import protocol, schemas
+from uplion.gateway import catalog, errors
+from uplion.gateway.exchange import Call
+from uplion.gateway.state import state_of
+
+_encode = msgspec.json.Encoder().encode
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def json_response(body: dict[str, Any], status: int = 200) -> Response:
+    return Response(_encode(body), status_code=status, media_type="application/json")
+
+
+async def list_models(request: Request) -> Response:
+    state = state_of(request)
+    data = [_model_object(route, state.started) for route in state.catalog.routes()
+            if route.spec.version == state.catalog.versions(route.spec.name)[0]]
+    return json_response({"object": "list", "data": data})
+
+
+async def retrieve_model(request: Request) -> Response:
+    state = state_of(request)
+    model = request.path_params["model"]
+    route = state.catalog.resolve(model)
+    if route is None:
+        raise errors.model_not_found(model)
+    return json_response(_model_object(route, state.started))
+
+
+def _model_object(route: catalog.Route, created: int) -> dict[str, Any]:
+    return {"id": route.spec.name, "object": "model", "created": created,
+            "owned_by": route.spec.owned_by}
+
+
+async def _open(
+    request: Request, kind: protocol.Protocol, schema: type[Any], serves: str
+) -> tuple[Call, Any]:
+    state = state_of(request)
+    payload = schemas.decode_body(await request.body())
+    body = schemas.parse(payload, schema)
+    route = state.catalog.resolve(body.model)
+    if route is None:
+        raise errors.model_not_found(body.model)
+    if route.spec.serves != serves:
+        raise errors.invalid_request(
+            f"The model `{body.model}` serves {route.spec.serves}, not {serves}.",
+            param="model", code="model_not_supported",
+        )
+    call = await state.exchange.call(route, kind, payload, bool(getattr(body, "stream", False)))
+    return call, body
+
+
+async def chat_completions(request: Request) -> Response:
+    call, body = await _open(
+        request, protocol.Protocol.OPENAI_CHAT, schemas.ChatRequest, "text-generation"
+    )
+    return await _respond(request, call, body, "chatcmpl", "chat.completion")
+
+
+async def completions(request: Request) -> Response:
+    call, body = await _open(
+        request, protocol.Protocol.OPENAI_COMPLETION, schemas.CompletionRequest, "text-generation"
+    )
+    return await _respond(request, call, body, "cmpl", "text_completion")
+
+
+async def embeddings(request: Request) -> Response:
+    call, body = await _open(
+        request, protocol.Protocol.OPENAI_EMBEDDING, schemas.EmbeddingRequest, "embedding"
+    )
+    final = await call.result(request)
+    usage = final.usage or protocol.Usage()
+    return json_response({
+        "object": "list", "data": (final.data or {}).get("data", []), "model": body.model,
+        "usage": {"prompt_tokens": usage.prompt_tokens, "total_tokens": usage.total_tokens},
+    })
+
+
+async def _respond(
+    request: Request, call: Call, body: Any, id_prefix: str, obj: str
+) -> Response:
+    envelope = {"id": f"{id_prefix}-{call.task.id}", "created": int(call.task.created),
+                "model": body.model, "system_fingerprint": None}
+    if not body.stream:
+        final = await call.result(request)
+        usage = (final.usage or protocol.Usage()).as_openai()
+        return json_response({**envelope, "object": obj, **(final.data or {}), "usage": usage})
+    # The first chunk decides the status: an error or a timeout before any output is a plain
+    # HTTP error, not a stream.
+    first = await call.next_chunk()
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    chunk_object = "chat.completion.chunk" if obj == "chat.completion" else obj
+    events = _sse(call, first, {**envelope, "object": chunk_object}, include_usage)
+    return StreamingResponse(events, media_type="text/event-stream", headers=_SSE_HEADERS)
+
+
+async def _sse(
+    call: Call, first: protocol.Chunk, envelope: dict[str, Any], include_usage: bool
+) -> AsyncIterator[bytes]:
+    extra: dict[str, Any] = {"usage": None} if include_usage else {}
+    chunk: protocol.Chunk | None = first
+    stream = call.stream()
+    try:
+        while chunk is not None:
+            if chunk.data:
+                yield _event({**envelope, **chunk.data, **extra})
+            if chunk.terminal:
+                if include_usage:
+                    usage = (chunk.usage or protocol.Usage()).as_openai()
+                    yield _event({**envelope, "choices": [], "usage": usage})
+                break
+            chunk = await anext(stream, None)
+    except errors.ApiError as exc:
+        yield _event(errors.openai_body(exc.error))
+    finally:
+        await stream.aclose()
+    yield b"data: [DONE]\n\n"
+
+
+def _event(body: dict[str, Any]) -> bytes:
+    return b"data: " + _encode(body) + b"\n\n"
+
+
+ROUTES = [
+    Route("/v1/models", list_models, methods=["GET"]),
+    Route("/v1/models/{model:path}", retrieve_model, methods=["GET"]),
+    Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+    Route("/v1/completions", completions, methods=["POST"]),
+    Route("/v1/embeddings", embeddings, methods=["POST"]),
+]

@@ -1,0 +1,30 @@
+"""What the gateway's handlers share, kept on ``app.state`` (no module globals)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from starlette.requests import Request
+
+from uplion import broker
+from uplion.gateway.catalog import Catalog
+from uplion.gateway.exchange import Exchange
+from uplion.gateway.metrics import GatewayMetrics
+from uplion.gateway.relay import Relay
+
+
+@dataclass
+class GatewayState:
+    broker: broker.Broker
+    catalog: Catalog
+    relay: Relay
+    metrics: GatewayMetrics
+    exchange: Exchange
+    started: int = field(default_factory=lambda: int(time.time()))
+    ready: bool = False
+
+
+def state_of(request: Request) -> GatewayState:
+    state: GatewayState = request.app.state.uplion
+    return state

@@ -1,0 +1,121 @@
+"""The wire contract between gateway and worker: a task goes out, reply chunks come back.
+
+A task names the model topic it was published to, the protocol of the request, the payload as
+the client sent it (validated by the gateway), a deadline (Unix seconds) and the gateway's reply
+address. A reply is a sequence of chunks for that task, ending with exactly one terminal chunk:
+``final`` (carries usage) or ``error`` (carries an OpenAI-style error).
+
+Chunks carry ``delivery`` (who is answering) and ``seq`` (position in that delivery's answer) so
+that the gateway can recognise a task redelivered after a worker died and never forward a chunk
+twice. Messages are encoded with msgspec (JSON): fast, and typed on decode.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from enum import StrEnum
+from typing import Any, Literal
+
+import msgspec
+
+
+class Protocol(StrEnum):
+    """The kind of request a task carries; the worker dispatches on it."""
+
+    OPENAI_CHAT = "openai-chat"
+    OPENAI_COMPLETION = "openai-completion"
+    OPENAI_EMBEDDING = "openai-embedding"
+    KSERVE_V2 = "kserve-v2"
+
+
+class Usage(msgspec.Struct, frozen=True):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def as_openai(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+        }
+
+
+class ErrorInfo(msgspec.Struct, frozen=True):
+    """An error in OpenAI's shape, with the HTTP status the gateway should answer with."""
+
+    message: str
+    type: str = "server_error"
+    code: str | None = None
+    param: str | None = None
+    status: int = 500
+
+
+class Task(msgspec.Struct, frozen=True):
+    id: str
+    model: str
+    version: str
+    protocol: Protocol
+    payload: dict[str, Any]
+    stream: bool
+    deadline: float
+    reply_to: str
+    tenant: str = ""
+    created: float = 0.0
+
+    def expired(self, now: float | None = None) -> bool:
+        return (time.time() if now is None else now) >= self.deadline
+
+
+ChunkKind = Literal["data", "final", "error"]
+
+
+class Chunk(msgspec.Struct, frozen=True):
+    """One piece of a reply; ``data`` is protocol-shaped (OpenAI choices, embeddings, outputs)."""
+
+    task_id: str
+    delivery: str
+    seq: int
+    kind: ChunkKind
+    data: dict[str, Any] | None = None
+    usage: Usage | None = None
+    error: ErrorInfo | None = None
+    queue_wait_s: float | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.kind != "data"
+
+
+_task_encoder = msgspec.json.Encoder()
+_task_decoder = msgspec.json.Decoder(Task)
+_chunk_decoder = msgspec.json.Decoder(Chunk)
+
+
+def new_task_id() -> str:
+    return uuid.uuid4().hex
+
+
+def encode(message: Task | Chunk) -> bytes:
+    return _task_encoder.encode(message)
+
+
+def decode_task(raw: bytes) -> Task:
+    return _task_decoder.decode(raw)
+
+
+def decode_chunk(raw: bytes) -> Chunk:
+    return _chunk_decoder.decode(raw)
+
+
+WORKER_GROUP = "workers"
+"""The consumer group that all workers of a topic share."""
+
+
+def topic_for(model: str, version: str) -> str:
+    """The queue topic of a model version: ``model.<name>@<version>``."""
+    return f"model.{model}@{version}"

@@ -1,0 +1,5 @@
+"""Workers: pull tasks of one model from the broker when a slot is free, answer with an engine."""
+
+from uplion.worker.runner import Worker
+
+__all__ = ["Worker"]

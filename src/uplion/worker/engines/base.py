@@ -1,0 +1,84 @@
+"""The small interface every engine implements, whatever runs the model.
+
+Engines see plain inputs (messages, a prompt, texts) and yield text deltas or vectors; the worker
+turns them into protocol-shaped replies. A method an engine does not support raises
+``Unsupported``, which the client sees as a 400 naming the model.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from uplion import protocol
+
+
+class Unsupported(Exception):
+    """The engine does not serve this kind of request."""
+
+
+class EngineError(Exception):
+    """A request failed inside the engine; carries an OpenAI-style error for the client."""
+
+    def __init__(self, error: protocol.ErrorInfo) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationParams:
+    max_tokens: int | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: Sequence[str] = ()
+    seed: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    """A piece of generated text. The last delta carries ``finish_reason`` and ``usage``."""
+
+    text: str
+    finish_reason: str | None = None
+    usage: protocol.Usage | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Embeddings:
+    vectors: list[list[float]]
+    prompt_tokens: int
+
+
+@dataclass(slots=True)
+class EngineInfo:
+    """What the engine tells the gateway about itself (v2 metadata, context size)."""
+
+    platform: str
+    context_length: int | None = None
+    embedding_dimensions: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Engine(abc.ABC):
+    """A loaded model. ``load`` may block for seconds; workers call it once before taking tasks."""
+
+    info: EngineInfo
+
+    async def load(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    def chat(
+        self, messages: list[dict[str, Any]], params: GenerationParams
+    ) -> AsyncIterator[TextDelta]:
+        raise Unsupported("chat completions")
+
+    def complete(self, prompt: str, params: GenerationParams) -> AsyncIterator[TextDelta]:
+        raise Unsupported("completions")
+
+    async def embed(self, texts: list[str]) -> Embeddings:
+        raise Unsupported("embeddings")

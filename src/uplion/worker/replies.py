@@ -1,0 +1,233 @@
+"""Turn a task into reply parts: run the engine and shape its output for the task's protocol.
+
+Parts carry protocol-shaped ``data`` (OpenAI ``choices``, embedding ``data``, v2 ``outputs``); the
+gateway adds the envelope (ids, model name, timestamps). A streaming task yields one part per text
+delta; a non-streaming task yields only its final part.
+"""
+
+from __future__ import annotations
+
+import array
+import base64
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from uplion import protocol, schemas
+from uplion.worker.engines import base
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    data: dict[str, Any] | None
+    final: bool = False
+    usage: protocol.Usage | None = None
+
+
+def answer(engine: base.Engine, task: protocol.Task, embeds: bool) -> AsyncIterator[Part]:
+    """The parts of the reply to ``task``; raises ``base.Unsupported`` or ``base.EngineError``.
+
+    ``embeds`` says the model serves embeddings, which decides what a v2 inference returns.
+    """
+    match task.protocol:
+        case protocol.Protocol.OPENAI_CHAT:
+            return _chat(engine, schemas.parse(task.payload, schemas.ChatRequest), task.stream)
+        case protocol.Protocol.OPENAI_COMPLETION:
+            request = schemas.parse(task.payload, schemas.CompletionRequest)
+            return _completion(engine, request, task.stream)
+        case protocol.Protocol.OPENAI_EMBEDDING:
+            return _embedding(engine, schemas.parse(task.payload, schemas.EmbeddingRequest))
+        case protocol.Protocol.KSERVE_V2:
+            return _v2_infer(engine, schemas.parse(task.payload, schemas.V2InferRequest), embeds)
+
+
+def _params(
+    max_tokens: int | None, temperature: float | None, top_p: float | None,
+    stop: schemas.Stop, seed: int | None,
+) -> base.GenerationParams:
+    return base.GenerationParams(
+        max_tokens=max_tokens,
+        temperature=1.0 if temperature is None else temperature,
+        top_p=1.0 if top_p is None else top_p,
+        stop=(stop,) if isinstance(stop, str) else tuple(stop or ()),
+        seed=seed,
+    )
+
+
+async def _chat(
+    engine: base.Engine, request: schemas.ChatRequest, stream: bool
+) -> AsyncIterator[Part]:
+    params = _params(
+        request.max_completion_tokens or request.max_tokens, request.temperature,
+        request.top_p, request.stop, request.seed,
+    )
+    messages = [msgspec_to_dict(message) for message in request.messages]
+    pieces: list[str] = []
+    first = True
+    async for delta in engine.chat(messages, params):
+        if delta.finish_reason is None:
+            if stream:
+                content: dict[str, Any] = {"content": delta.text}
+                if first:
+                    content = {"role": "assistant", "content": delta.text}
+                    first = False
+                yield Part({"choices": [_choice_delta(content, None)]})
+            else:
+                pieces.append(delta.text)
+            continue
+        pieces.append(delta.text)
+        if stream:
+            last: dict[str, Any] = {"content": delta.text} if delta.text else {}
+            if first:
+                last["role"] = "assistant"
+            yield Part({"choices": [_choice_delta(last, delta.finish_reason)]}, True, delta.usage)
+        else:
+            message = {"role": "assistant", "content": "".join(pieces), "refusal": None}
+            choice = {"index": 0, "message": message, "logprobs": None,
+                      "finish_reason": delta.finish_reason}
+            yield Part({"choices": [choice]}, True, delta.usage)
+        return
+    raise base.EngineError(protocol.ErrorInfo("The engine ended without a finish reason."))
+
+
+def _choice_delta(delta: dict[str, Any], finish_reason: str | None) -> dict[str, Any]:
+    return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+
+
+async def _completion(
+    engine: base.Engine, request: schemas.CompletionRequest, stream: bool
+) -> AsyncIterator[Part]:
+    params = _params(
+        request.max_tokens, request.temperature, request.top_p, request.stop, request.seed
+    )
+    prompt = request.prompt_text
+    pieces: list[str] = [prompt] if request.echo else []
+    if stream and request.echo:
+        yield Part({"choices": [_choice_text(prompt, None)]})
+    async for delta in engine.complete(prompt, params):
+        if stream:
+            yield Part(
+                {"choices": [_choice_text(delta.text, delta.finish_reason)]},
+                final=delta.finish_reason is not None,
+                usage=delta.usage,
+            )
+        else:
+            pieces.append(delta.text)
+            if delta.finish_reason is not None:
+                choice = _choice_text("".join(pieces), delta.finish_reason)
+                yield Part({"choices": [choice]}, True, delta.usage)
+        if delta.finish_reason is not None:
+            return
+    raise base.EngineError(protocol.ErrorInfo("The engine ended without a finish reason."))
+
+
+def _choice_text(text: str, finish_reason: str | None) -> dict[str, Any]:
+    return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+
+
+async def _embedding(
+    engine: base.Engine, request: schemas.EmbeddingRequest
+) -> AsyncIterator[Part]:
+    native = engine.info.embedding_dimensions
+    if request.dimensions is not None and request.dimensions != native:
+        raise base.EngineError(protocol.ErrorInfo(
+            f"This model produces {native}-dimensional embeddings; "
+            f"'dimensions'={request.dimensions} is not supported.",
+            type="invalid_request_error", param="dimensions", status=400,
+        ))
+    result = await engine.embed(request.texts)
+    items = [
+        {"object": "embedding", "index": index,
+         "embedding": _encode_vector(vector, request.encoding_format)}
+        for index, vector in enumerate(result.vectors)
+    ]
+    yield Part({"data": items}, True, protocol.Usage(prompt_tokens=result.prompt_tokens))
+
+
+def _encode_vector(vector: list[float], encoding_format: str) -> list[float] | str:
+    if encoding_format == "float":
+        return vector
+    packed = array.array("f", vector)
+    if sys.byteorder != "little":
+        packed.byteswap()
+    return base64.b64encode(packed.tobytes()).decode()
+
+
+async def _v2_infer(
+    engine: base.Engine, request: schemas.V2InferRequest, embeds: bool
+) -> AsyncIterator[Part]:
+    """v2 over text models: a BYTES input of texts in, a tensor out (see docs/api.md)."""
+    source = next((t for t in request.inputs if t.datatype == "BYTES"), None)
+    if source is None:
+        raise base.EngineError(protocol.ErrorInfo(
+            "This model takes a BYTES input tensor of texts.", type="invalid_request_error",
+            param="inputs", status=400,
+        ))
+    texts = [_text(item) for item in schemas.flatten(source.data)]
+    options = {**(request.parameters or {}), **(source.parameters or {})}
+    if embeds:
+        result = await engine.embed(texts)
+        dims = len(result.vectors[0]) if result.vectors else 0
+        output = {"name": "embedding", "datatype": "FP32", "shape": [len(texts), dims],
+                  "data": [value for vector in result.vectors for value in vector]}
+        yield Part({"outputs": [output]}, True, protocol.Usage(prompt_tokens=result.prompt_tokens))
+        return
+    params = _params(
+        _int_option(options, "max_tokens"), _float_option(options, "temperature"),
+        _float_option(options, "top_p"), None, _int_option(options, "seed"),
+    )
+    outputs: list[str] = []
+    usage = protocol.Usage()
+    for text in texts:
+        pieces: list[str] = []
+        async for delta in engine.complete(text, params):
+            pieces.append(delta.text)
+            if delta.usage is not None:
+                usage = protocol.Usage(
+                    usage.prompt_tokens + delta.usage.prompt_tokens,
+                    usage.completion_tokens + delta.usage.completion_tokens,
+                )
+        outputs.append("".join(pieces))
+    output = {"name": "text_output", "datatype": "BYTES", "shape": [len(outputs)], "data": outputs}
+    yield Part({"outputs": [output]}, True, usage)
+
+
+def _text(item: Any) -> str:
+    if isinstance(item, str):
+        return item
+    raise base.EngineError(protocol.ErrorInfo(
+        "BYTES tensor elements must be UTF-8 strings in the JSON body.",
+        type="invalid_request_error", param="inputs", status=400,
+    ))
+
+
+def _int_option(options: dict[str, Any], key: str) -> int | None:
+    value = options.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise base.EngineError(protocol.ErrorInfo(
+            f"parameter {key!r} must be an integer", type="invalid_request_error",
+            param=f"parameters.{key}", status=400,
+        ))
+    return value
+
+
+def _float_option(options: dict[str, Any], key: str) -> float | None:
+    value = options.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise base.EngineError(protocol.ErrorInfo(
+            f"parameter {key!r} must be a number", type="invalid_request_error",
+            param=f"parameters.{key}", status=400,
+        ))
+    return float(value)
+
+
+def msgspec_to_dict(message: schemas.ChatMessage) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.name is not None:
+        out["name"] = message.name
+    return out

@@ -1,0 +1,178 @@
+"""The pull loop: a worker takes tasks from its model's topic only when it has a free slot.
+
+There is no dispatcher. Each worker holds ``concurrency`` slots and asks the broker for at most as
+many tasks as it has free slots. A task is acknowledged after its last chunk is sent; on stop, the
+worker takes nothing new, finishes what it holds (drain) and gives back anything it could not
+start, so no task is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+import uuid
+
+from uplion import broker, protocol
+from uplion.models import ModelSpec
+from uplion.worker import replies
+from uplion.worker.engines import base
+
+log = logging.getLogger(__name__)
+
+_TAKE_TIMEOUT_S = 1.0
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class Worker:
+    def __init__(
+        self, source: broker.Broker, spec: ModelSpec, engine: base.Engine, name: str | None = None
+    ) -> None:
+        self.broker = source
+        self.spec = spec
+        self.engine = engine
+        self.name = name or worker_name()
+        self.topic = protocol.topic_for(spec.name, spec.version)
+        self._consumer = source.consumer(self.topic, protocol.WORKER_GROUP, self.name)
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._client_cancelled: set[str] = set()
+        self._slot_freed = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._deliveries = 0
+        self.completed = 0
+
+    @property
+    def busy_slots(self) -> int:
+        return len(self._running)
+
+    async def run(self) -> None:
+        """Take and answer tasks until ``stop`` is called; then drain."""
+        await self.broker.subscribe_cancellations(self._on_cancel)
+        log.info("worker %s serving %s with %d slots", self.name, self.topic, self.spec.concurrency)
+        try:
+            while not self._stopping.is_set():
+                free = self.spec.concurrency - len(self._running)
+                if free <= 0:
+                    self._slot_freed.clear()
+                    await self._wait_any(self._slot_freed)
+                    continue
+                take = asyncio.ensure_future(self._consumer.take(free, _TAKE_TIMEOUT_S))
+                stop = asyncio.ensure_future(self._stopping.wait())
+                await asyncio.wait({take, stop}, return_when=asyncio.FIRST_COMPLETED)
+                stop.cancel()
+                deliveries = await take
+                for delivery in deliveries:
+                    if self._stopping.is_set():
+                        await self._consumer.release(delivery)
+                    else:
+                        self._start(delivery)
+        finally:
+            await self._drain()
+
+    def stop(self) -> None:
+        """Take nothing new; ``run`` returns once held tasks are answered."""
+        self._stopping.set()
+
+    async def _wait_any(self, event: asyncio.Event) -> None:
+        waits = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(self._stopping.wait())]
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for wait in waits:
+            wait.cancel()
+
+    async def _drain(self) -> None:
+        if self._running:
+            log.info("worker %s draining %d tasks", self.name, len(self._running))
+            await asyncio.gather(*self._running.values(), return_exceptions=True)
+        await self._consumer.close()
+        log.info("worker %s stopped after %d tasks", self.name, self.completed)
+
+    def _start(self, delivery: broker.Delivery) -> None:
+        task_id = delivery.task.id
+        running = asyncio.create_task(self._handle(delivery), name=f"task-{task_id}")
+        self._running[task_id] = running
+        running.add_done_callback(lambda _: self._finished(task_id))
+
+    def _finished(self, task_id: str) -> None:
+        self._running.pop(task_id, None)
+        self.completed += 1
+        self._slot_freed.set()
+
+    def _on_cancel(self, task_id: str) -> None:
+        running = self._running.get(task_id)
+        if running is not None:
+            log.info("task %s cancelled by its client", task_id)
+            self._client_cancelled.add(task_id)
+            running.cancel()
+
+    async def _handle(self, delivery: broker.Delivery) -> None:
+        task = delivery.task
+        self._deliveries += 1
+        sender = _Sender(self.broker, task, f"{self.name}/{self._deliveries}")
+        try:
+            if task.expired():
+                log.info("task %s expired in the queue; dropped", task.id)
+            else:
+                await asyncio.wait_for(self._answer(task, sender), task.deadline - time.time())
+        except asyncio.CancelledError:
+            if task.id not in self._client_cancelled:
+                # Interrupted by shutdown, not by the client: another worker answers it.
+                await self._consumer.release(delivery)
+                raise
+            self._client_cancelled.discard(task.id)
+        except TimeoutError:
+            log.info("task %s passed its deadline while running", task.id)
+        await self._consumer.ack(delivery)
+
+    async def _answer(self, task: protocol.Task, sender: _Sender) -> None:
+        sender.queue_wait_s = max(0.0, time.time() - task.created)
+        try:
+            async for part in replies.answer(
+                self.engine, task, embeds=self.spec.serves == "embedding"
+            ):
+                await sender.send(part)
+        except base.Unsupported as exc:
+            await sender.fail(protocol.ErrorInfo(
+                f"The model `{self.spec.name}` does not support {exc}.",
+                type="invalid_request_error", code="model_not_supported", status=400,
+            ))
+        except base.EngineError as exc:
+            await sender.fail(exc.error)
+        except Exception:
+            log.exception("task %s failed in engine %s", task.id, type(self.engine).__name__)
+            await sender.fail(protocol.ErrorInfo(
+                "The model failed to answer this request; the error is in the worker's log.",
+                code="engine_error",
+            ))
+
+
+class _Sender:
+    """Numbers the chunks of one delivery and sends them to the task's gateway."""
+
+    def __init__(self, target: broker.Broker, task: protocol.Task, delivery: str) -> None:
+        self.broker = target
+        self.task = task
+        self.delivery = delivery
+        self.seq = 0
+        self.queue_wait_s: float | None = None
+
+    async def send(self, part: replies.Part) -> None:
+        kind: protocol.ChunkKind = "final" if part.final else "data"
+        await self._emit(protocol.Chunk(
+            self.task.id, self.delivery, self.seq, kind, data=part.data, usage=part.usage,
+            queue_wait_s=self.queue_wait_s if self.seq == 0 else None,
+        ))
+
+    async def fail(self, error: protocol.ErrorInfo) -> None:
+        await self._emit(protocol.Chunk(
+            self.task.id, self.delivery, self.seq, "error", error=error,
+            queue_wait_s=self.queue_wait_s if self.seq == 0 else None,
+        ))
+
+    async def _emit(self, chunk: protocol.Chunk) -> None:
+        await self.broker.send_reply(self.task.reply_to, chunk)
+        self.seq += 1
