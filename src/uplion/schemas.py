@@ -40,7 +40,7 @@ class ChatMessage(msgspec.Struct):
 
 class ChatRequest(msgspec.Struct):
     model: str
-    messages: list[ChatMessage]
+    messages: Annotated[list[ChatMessage], msgspec.Meta(min_length=1)]
     stream: bool = False
     stream_options: StreamOptions | None = None
     max_tokens: PositiveInt | None = None
@@ -51,10 +51,6 @@ class ChatRequest(msgspec.Struct):
     stop: Stop = None
     seed: int | None = None
     user: str | None = None
-
-    def __post_init__(self) -> None:
-        if not self.messages:
-            raise ValueError("messages must not be empty")
 
 
 class CompletionRequest(msgspec.Struct):
@@ -82,14 +78,10 @@ class CompletionRequest(msgspec.Struct):
 
 class EmbeddingRequest(msgspec.Struct):
     model: str
-    input: str | list[str]
+    input: str | Annotated[list[str], msgspec.Meta(min_length=1)]
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: PositiveInt | None = None
     user: str | None = None
-
-    def __post_init__(self) -> None:
-        if isinstance(self.input, list) and not self.input:
-            raise ValueError("input must not be empty")
 
     @property
     def texts(self) -> list[str]:
@@ -116,14 +108,12 @@ class V2RequestedOutput(msgspec.Struct):
 
 
 class V2InferRequest(msgspec.Struct):
-    inputs: list[V2Tensor]
+    inputs: Annotated[list[V2Tensor], msgspec.Meta(min_length=1)]
     id: str | None = None
     parameters: dict[str, Any] | None = None
     outputs: list[V2RequestedOutput] | None = None
 
     def __post_init__(self) -> None:
-        if not self.inputs:
-            raise ValueError("inputs must not be empty")
         for index, tensor in enumerate(self.inputs):
             elements = math.prod(tensor.shape)
             if len(flatten(tensor.data)) != elements:

@@ -76,7 +76,8 @@ def test_streaming_chat_yields_deltas_then_usage(client: openai.OpenAI) -> None:
     assert len(text_chunks) >= 4
     assert text_chunks[-1].choices[0].finish_reason == "stop"
     assert chunks[-1].choices == []
-    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 4
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == 4
     assert all(c.usage is None for c in chunks[:-1])
     assert all(c.object == "chat.completion.chunk" for c in chunks)
     assert len({c.id for c in chunks}) == 1
@@ -96,7 +97,8 @@ def test_completion_and_streaming_completion(client: openai.OpenAI) -> None:
     assert reply.object == "text_completion"
     assert reply.choices[0].text == "the quick brown"
     assert reply.choices[0].finish_reason == "length"
-    assert reply.usage is not None and reply.usage.completion_tokens == 3
+    assert reply.usage is not None
+    assert reply.usage.completion_tokens == 3
     streamed = client.completions.create(model="echo", prompt="red green", stream=True)
     assert "".join(c.choices[0].text for c in streamed) == "red green"
 

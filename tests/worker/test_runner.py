@@ -50,9 +50,15 @@ def spec(concurrency: int = 2) -> ModelSpec:
 def task(task_id: str, text: str = "hi", ttl: float = 30.0) -> protocol.Task:
     now = time.time()
     return protocol.Task(
-        id=task_id, model="m", version="1", protocol=protocol.Protocol.OPENAI_CHAT,
+        id=task_id,
+        model="m",
+        version="1",
+        protocol=protocol.Protocol.OPENAI_CHAT,
         payload={"model": "m", "messages": [{"role": "user", "content": text}]},
-        stream=False, deadline=now + ttl, reply_to=REPLY_TO, created=now,
+        stream=False,
+        deadline=now + ttl,
+        reply_to=REPLY_TO,
+        created=now,
     )
 
 
@@ -130,9 +136,16 @@ async def test_expired_task_is_dropped_without_running(broker: MemoryBroker) -> 
     await replies.wait_for(1)
     await asyncio.sleep(0.1)
     assert list(replies.finals) == ["new"]
-    assert replies.finals["new"].data == {"choices": [{
-        "index": 0, "message": {"role": "assistant", "content": "hi", "refusal": None},
-        "logprobs": None, "finish_reason": "stop"}]}
+    assert replies.finals["new"].data == {
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "hi", "refusal": None},
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ]
+    }
     worker.stop()
     await run
     backlog = await broker.backlog(worker.topic, protocol.WORKER_GROUP)
@@ -143,11 +156,13 @@ async def test_cancellation_stops_a_running_task(broker: MemoryBroker) -> None:
     replies = Replies()
     await broker.subscribe_replies(REPLY_TO, replies)
     worker = Worker(broker, spec(), EchoEngine(token_delay_s=0.05))
-    long_task = protocol.Task(**{
-        **{f: getattr(task("long"), f) for f in protocol.Task.__struct_fields__},
-        "stream": True,
-        "payload": {"model": "m", "messages": [{"role": "user", "content": "w " * 100}]},
-    })
+    long_task = protocol.Task(
+        **{
+            **{f: getattr(task("long"), f) for f in protocol.Task.__struct_fields__},
+            "stream": True,
+            "payload": {"model": "m", "messages": [{"role": "user", "content": "w " * 100}]},
+        }
+    )
     await broker.publish(worker.topic, long_task)
     run = asyncio.create_task(worker.run())
     await asyncio.sleep(0.3)
@@ -189,10 +204,13 @@ async def test_unsupported_request_is_a_400(broker: MemoryBroker) -> None:
     replies = Replies()
     await broker.subscribe_replies(REPLY_TO, replies)
     worker = Worker(broker, spec(), GatedEngine())
-    embed = protocol.Task(**{
-        **{f: getattr(task("e"), f) for f in protocol.Task.__struct_fields__},
-        "protocol": protocol.Protocol.OPENAI_EMBEDDING, "payload": {"model": "m", "input": "x"},
-    })
+    embed = protocol.Task(
+        **{
+            **{f: getattr(task("e"), f) for f in protocol.Task.__struct_fields__},
+            "protocol": protocol.Protocol.OPENAI_EMBEDDING,
+            "payload": {"model": "m", "input": "x"},
+        }
+    )
     await broker.publish(worker.topic, embed)
     run = asyncio.create_task(worker.run())
     await replies.wait_for(1)

@@ -17,7 +17,8 @@ Choices:
   An entry older than ``task_ttl_s`` carries a task whose deadline has passed, provided no task is
   published with a deadline further than ``task_ttl_s`` ahead (the broker warns once if one is).
   Acked entries are never XDEL'd: trimming reclaims them, and deletions would keep Redis from
-  computing a group's lag.
+  computing a group's lag. Tasks are appended by a Lua script that also repairs the lag Redis
+  keeps for a group when trimming removed entries the group had not read (see ``_APPEND``).
 - Visibility timeout: a consumer's entries that have been idle for ``visibility_timeout_s`` belong
   to a dead consumer; ``take`` claims them (XAUTOCLAIM, at most every half timeout) before reading
   new ones. A live consumer refreshes the idle time of what it holds every third of the timeout
@@ -28,9 +29,11 @@ Choices:
   entry acked, atomically (Lua, again only if this consumer still owns it). The task goes to the
   back of the queue.
 - Backlog: ``waiting`` is the group's ``lag`` and ``in_flight`` its pending count (XINFO GROUPS).
-  When Redis cannot compute the lag (after deletions inside the stream), the entries after the
-  group's last-delivered id are counted with XRANGE; a group not created yet will be given the
-  whole stream, so its ``waiting`` is the stream's length.
+  When Redis cannot compute the lag (tombstones left by an XDEL after the group's position; the
+  broker itself never deletes), the entries after the group's last-delivered id are counted with
+  XRANGE, page by page: exact, and only as costly as the backlog is long. A group not created yet
+  will be given the whole stream, so its ``waiting`` is the stream's length.
+- Needs Redis 7.0 or later (XAUTOCLAIM dropping deleted entries, group lag, ENTRIESREAD).
 - Event loop: connections are opened by the event loop that first uses the broker (``start``
   only checks that the server answers, on a connection of its own), and the broker then lives in
   that loop. If the loop shuts down without ``close`` (``asyncio.run`` returning), everything
@@ -44,12 +47,15 @@ import asyncio
 import logging
 import math
 import time
+import urllib.parse
 from collections.abc import Coroutine, Sequence
 from typing import Any, cast
 
 import msgspec
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import RedisError, ResponseError
 
 from uplion import protocol
@@ -61,7 +67,7 @@ _TOPIC_PREFIX = "uplion:topic:"
 _REPLY_PREFIX = "uplion:reply:"
 _CANCELLED_PREFIX = "uplion:cancelled:"
 _CANCEL_CHANNEL = "uplion:cancel"
-_TASK_FIELD = b"t"
+_TASK_FIELD = b"t"  # also written by the Lua scripts
 _CHUNK_FIELD = b"c"
 _REPLY_MAXLEN = 100_000
 _REPLY_BATCH = 512
@@ -71,6 +77,10 @@ _COUNT_PAGE = 1_000
 _SUBSCRIBE_TIMEOUT_S = 10.0
 _BACKOFF_FIRST_S = 0.1
 _BACKOFF_MAX_S = 5.0
+_RETRIES = 3
+_RETRY_BASE_S = 0.05
+_RETRY_CAP_S = 1.0
+_URL_OPTIONS = frozenset({"visibility_timeout_s", "task_ttl_s", "reply_ttl_s"})
 
 # KEYS[1]: the stream; ARGV: group, consumer, entry ids. Refreshes the idle time of the entries
 # still pending for this consumer and returns their ids; the others are left to their new owner.
@@ -86,14 +96,50 @@ end
 return kept
 """
 
+# append(stream, minid, task): XADD with MINID trimming. When trimming removed entries a group had
+# not read yet (no worker for longer than the task TTL), Redis would go on counting them in the
+# group's lag forever; the group's read counter is set right at once: every entry before the first
+# one left counts as read.
+_APPEND = """
+local function field(flat, name)
+  for i = 1, #flat, 2 do
+    if flat[i] == name then return flat[i + 1] end
+  end
+end
+local function before(a, b)
+  local a_ms, a_seq = string.match(a, '^(%d+)-(%d+)$')
+  local b_ms, b_seq = string.match(b, '^(%d+)-(%d+)$')
+  a_ms, b_ms = tonumber(a_ms), tonumber(b_ms)
+  return a_ms < b_ms or (a_ms == b_ms and tonumber(a_seq) < tonumber(b_seq))
+end
+local function append(stream, minid, task)
+  local id = redis.call('XADD', stream, 'MINID', '~', minid, '*', 't', task)
+  local info = redis.call('XINFO', 'STREAM', stream)
+  local first_entry = field(info, 'first-entry')
+  if not first_entry then return id end  -- trimmed empty: only with clocks a TTL apart
+  local first = first_entry[1]
+  local read = field(info, 'entries-added') - field(info, 'length')
+  for _, group in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
+    local last = field(group, 'last-delivered-id')
+    if before(last, first) and field(group, 'entries-read') ~= read then
+      redis.call('XGROUP', 'SETID', stream, field(group, 'name'), last, 'ENTRIESREAD', read)
+    end
+  end
+  return id
+end
+"""
+
+# KEYS[1]: the stream; ARGV: MINID, encoded task.
+_PUBLISH = _APPEND + "return append(KEYS[1], ARGV[1], ARGV[2])"
+
 # KEYS[1]: the stream; ARGV: group, consumer, entry id, encoded task, MINID. If the entry is still
-# pending for this consumer, appends the task again and acks the entry; returns 1 if it did.
-_RELEASE_OWNED = """
+# pending for this consumer, acks it and appends the task again; returns 1 if it did.
+_RELEASE_OWNED = _APPEND + """
 if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1, ARGV[2]) == 0 then
   return 0
 end
-redis.call('XADD', KEYS[1], 'MINID', '~', ARGV[5], '*', 't', ARGV[4])
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+append(KEYS[1], ARGV[5], ARGV[4])
 return 1
 """
 
@@ -127,13 +173,43 @@ def _next_backoff(backoff: float) -> float:
     return min(backoff * 2, _BACKOFF_MAX_S)
 
 
+def _client(url: str) -> Redis:
+    """A client that retries a command on a lost connection (an idle one the server dropped).
+
+    A retried command may have run already: a task or chunk appended twice is answered or
+    forwarded once (deliveries and chunk sequence numbers tell), and acks, releases (Lua checks
+    ownership) and cancellations are idempotent.
+    """
+    retry = Retry(ExponentialWithJitterBackoff(cap=_RETRY_CAP_S, base=_RETRY_BASE_S), _RETRIES)
+    client: Redis = Redis.from_url(url, retry=retry)
+    return client
+
+
+def _split_options(url: str) -> tuple[str, dict[str, float]]:
+    """The URL without the broker's own query options, and those options."""
+    base, _, query_text = url.partition("?")
+    query = urllib.parse.parse_qsl(query_text, keep_blank_values=True)
+    options: dict[str, float] = {}
+    for name, value in query:
+        if name in _URL_OPTIONS:
+            try:
+                options[name] = float(value)
+            except ValueError:
+                raise ValueError(f"broker URL option {name}={value!r} is not a number") from None
+    if not options:
+        return url, options
+    rest = urllib.parse.urlencode([(name, value) for name, value in query if name not in options])
+    return f"{base}?{rest}" if rest else base, options
+
+
 class _Connections:
     """What the broker opened in the event loop it lives in; released together, in that loop."""
 
     def __init__(self, url: str) -> None:
         self.loop = asyncio.get_running_loop()
         self._url = url
-        self.redis: Redis = Redis.from_url(url)
+        self.redis = _client(url)
+        self.publish = self.redis.register_script(_PUBLISH)
         self.refresh_owned = self.redis.register_script(_REFRESH_OWNED)
         self.release_owned = self.redis.register_script(_RELEASE_OWNED)
         self._dedicated: set[Redis] = set()
@@ -146,7 +222,7 @@ class _Connections:
 
     def dedicated(self) -> Redis:
         """A client of its own (one connection when used by one task): for blocking reads."""
-        client: Redis = Redis.from_url(self._url)
+        client = _client(self._url)
         self._dedicated.add(client)
         return client
 
@@ -189,7 +265,12 @@ class _Connections:
 
 
 class RedisStreamsBroker(base.Broker):
-    """Topics, replies and cancellations on Redis Streams; see the module docstring."""
+    """Topics, replies and cancellations on Redis Streams; see the module docstring.
+
+    The options may also be given in the URL's query (``redis://host:6379/0?visibility_timeout_s=5``),
+    where they override the keyword arguments: ``connect(url)`` passes the URL alone, so that is
+    how a deployment sets them. Every other query option is redis-py's.
+    """
 
     def __init__(
         self,
@@ -199,9 +280,12 @@ class RedisStreamsBroker(base.Broker):
         task_ttl_s: float = 3600.0,
         reply_ttl_s: float = 300.0,
     ) -> None:
+        self._url, options = _split_options(url)
+        visibility_timeout_s = options.get("visibility_timeout_s", visibility_timeout_s)
+        task_ttl_s = options.get("task_ttl_s", task_ttl_s)
+        reply_ttl_s = options.get("reply_ttl_s", reply_ttl_s)
         if min(visibility_timeout_s, task_ttl_s, reply_ttl_s) <= 0:
             raise ValueError("the broker's timeouts and TTLs must be positive")
-        self._url = url
         self.visibility_timeout_s = visibility_timeout_s
         self._task_ttl_s = task_ttl_s
         self._reply_ttl_ms = math.ceil(reply_ttl_s * 1000)
@@ -213,7 +297,7 @@ class RedisStreamsBroker(base.Broker):
 
     async def start(self) -> None:
         """Check that the server answers (fail fast on a wrong URL)."""
-        client: Redis = Redis.from_url(self._url)
+        client = _client(self._url)
         try:
             await client.ping()
         finally:
@@ -227,7 +311,7 @@ class RedisStreamsBroker(base.Broker):
         if connections is not None and connections.open:
             await connections.close()
 
-    def connections(self) -> _Connections:
+    def _open_connections(self) -> _Connections:
         """The connections of the running loop, opened on first use."""
         if self._closed:
             raise RuntimeError("the broker is closed")
@@ -240,14 +324,14 @@ class RedisStreamsBroker(base.Broker):
             raise RuntimeError("a RedisStreamsBroker is used from one event loop only")
         return connections
 
-    def live_connections(self) -> _Connections | None:
+    def _live_connections(self) -> _Connections | None:
         """The connections if the broker is still open, else None (nothing left to clean up)."""
         connections = self._connections
         if self._closed or connections is None or not connections.open:
             return None
         return connections
 
-    def min_id(self) -> str:
+    def _min_id(self) -> str:
         """The MINID trimming bound of topic streams: entries older than the task TTL."""
         return str(int((time.time() - self._task_ttl_s) * 1000))
 
@@ -258,9 +342,8 @@ class RedisStreamsBroker(base.Broker):
                 "task %s has a deadline beyond task_ttl_s (%.0f s): its entry may be trimmed "
                 "before it is taken; raise task_ttl_s", task.id, self._task_ttl_s,
             )
-        await self.connections().redis.xadd(
-            _TOPIC_PREFIX + topic, {_TASK_FIELD: protocol.encode(task)},
-            minid=self.min_id(), approximate=True,
+        await self._open_connections().publish(
+            keys=[_TOPIC_PREFIX + topic], args=[self._min_id(), protocol.encode(task)]
         )
 
     def consumer(self, topic: str, group: str, name: str) -> base.Consumer:
@@ -268,14 +351,14 @@ class RedisStreamsBroker(base.Broker):
 
     async def send_reply(self, address: str, chunk: protocol.Chunk) -> None:
         key = _REPLY_PREFIX + address
-        async with self.connections().redis.pipeline(transaction=False) as pipe:
+        async with self._open_connections().redis.pipeline(transaction=False) as pipe:
             pipe.xadd(key, {_CHUNK_FIELD: protocol.encode(chunk)}, maxlen=_REPLY_MAXLEN)
             pipe.pexpire(key, self._reply_ttl_ms)
             await pipe.execute()
 
     async def subscribe_replies(self, address: str, handler: base.ChunkHandler) -> None:
         """Deliver the chunks sent to ``address`` from now on (a second call replaces handler)."""
-        connections = self.connections()
+        connections = self._open_connections()
         reading = address in self._reply_handlers
         self._reply_handlers[address] = handler
         if reading:
@@ -336,13 +419,13 @@ class RedisStreamsBroker(base.Broker):
 
     async def cancel(self, task: protocol.Task) -> None:
         ttl_ms = max(_MIN_CANCEL_TTL_MS, math.ceil((task.deadline - time.time()) * 1000))
-        async with self.connections().redis.pipeline(transaction=False) as pipe:
+        async with self._open_connections().redis.pipeline(transaction=False) as pipe:
             pipe.set(_CANCELLED_PREFIX + task.id, b"1", px=ttl_ms)
             pipe.publish(_CANCEL_CHANNEL, task.id)
             await pipe.execute()
 
     async def subscribe_cancellations(self, handler: base.CancelHandler) -> None:
-        connections = self.connections()
+        connections = self._open_connections()
         self._cancel_handlers.append(handler)
         if len(self._cancel_handlers) > 1:
             return
@@ -384,7 +467,7 @@ class RedisStreamsBroker(base.Broker):
                 logger.exception("a cancellation handler failed on task %s", task_id)
 
     async def backlog(self, topic: str, group: str) -> base.Backlog:
-        redis = self.connections().redis
+        redis = self._open_connections().redis
         stream = _TOPIC_PREFIX + topic
         try:
             groups = await redis.xinfo_groups(stream)
@@ -433,7 +516,7 @@ class _RedisConsumer(base.Consumer):
             raise RuntimeError("the consumer is closed")
         if max_count <= 0:
             return []
-        connections = self._broker.connections()
+        connections = self._broker._open_connections()
         reader = await self._open(connections)
         loop = connections.loop
         give_up = loop.time() + timeout
@@ -450,23 +533,24 @@ class _RedisConsumer(base.Consumer):
 
     async def ack(self, delivery: base.Delivery) -> None:
         self._held.pop(delivery.receipt, None)
-        await self._broker.connections().redis.xack(self._stream, self._group, delivery.receipt)
+        redis = self._broker._open_connections().redis
+        await redis.xack(self._stream, self._group, delivery.receipt)
 
     async def release(self, delivery: base.Delivery) -> None:
         if self._held.pop(delivery.receipt, None) is None:
             return
-        connections = self._broker.connections()
+        connections = self._broker._open_connections()
         await connections.release_owned(
             keys=[self._stream],
             args=[self._group, self._name, delivery.receipt, protocol.encode(delivery.task),
-                  self._broker.min_id()],
+                  self._broker._min_id()],
         )
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        connections = self._broker.live_connections()
+        connections = self._broker._live_connections()
         if connections is None:
             return
         for receipt, task in list(self._held.items()):
@@ -598,6 +682,7 @@ class _RedisConsumer(base.Consumer):
             task = self._held.pop(receipt, None)
             if task is not None:
                 logger.warning(
-                    "%s lost task %s of %s: it stalled past the visibility timeout and another "
-                    "consumer took it over", self._name, task.id, self._stream,
+                    "%s no longer owns task %s of %s: it stalled past the visibility timeout and "
+                    "another consumer took the task over, or the entry outlived task_ttl_s",
+                    self._name, task.id, self._stream,
                 )

@@ -126,6 +126,8 @@ class SmolLM2Engine(base.Engine):
         end_ids.discard(None)
         self._model, self._tokenizer, self._end_ids = model, tokenizer, frozenset(end_ids)
         self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="smollm2-model")
+        # The first forward pass on a thread sets up PyTorch's thread pool: not in a request.
+        self._model_thread.submit(_warm_up, model, tokenizer).result()
         self._context_length = int(model.config.max_position_embeddings)
         self.info.context_length = self._context_length
         logger.info(
@@ -244,6 +246,7 @@ class SmolLM2Engine(base.Engine):
         finish = "length"
         while sequence.produced < limit:
             if job.cancel.is_set():
+                logger.debug("smollm2 generation cancelled after %d tokens", sequence.produced)
                 return
             ended, text = job.on_model_thread(sequence.step)
             if ended:
@@ -327,6 +330,13 @@ class _Sequence:
         return self._decoder.flush()
 
 
+def _warm_up(model: Any, tokenizer: Any) -> None:
+    import torch
+
+    with torch.inference_mode():
+        model(input_ids=torch.tensor([tokenizer("Hello")["input_ids"]]), logits_to_keep=1)
+
+
 def _pick(logits: torch.Tensor, params: base.GenerationParams, generator: torch.Generator) -> int:
     """The next token: greedy at temperature 0, else sampled from the top-p nucleus."""
     import torch
@@ -366,9 +376,9 @@ class _IncrementalDecoder:
         return after[len(before) :]
 
     def _window(self) -> tuple[str, str]:
-        return self._decode(self._ids[self._prefix : self._read]), self._decode(
-            self._ids[self._prefix :]
-        )
+        """The text returned last time, and that text followed by what is new, with context."""
+        before = self._decode(self._ids[self._prefix : self._read])
+        return before, self._decode(self._ids[self._prefix :])
 
     def _decode(self, ids: list[int]) -> str:
         return str(

@@ -1,0 +1,118 @@
+"""Engines by kind: ``create`` turns a model's engine spec into an engine, not yet loaded.
+
+Kinds: ``test-echo`` (protocol tests), ``smollm2`` (chat and completions), ``sentence-transformers``
+and ``onnx-embedding`` (embeddings). Options are checked here, so that a typo in a models file
+fails when the worker starts rather than being ignored. The engine modules import PyTorch,
+transformers, sentence-transformers and onnxruntime only in ``load``: importing this package, or
+running ``test-echo``, needs none of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from uplion.models import EngineSpec
+from uplion.worker.engines import base
+from uplion.worker.engines.echo import EchoEngine
+from uplion.worker.engines.onnx_embedding import OnnxEmbeddingEngine
+from uplion.worker.engines.sentence_embedding import SentenceTransformerEngine
+from uplion.worker.engines.smollm import SmolLM2Engine
+
+__all__ = ["KINDS", "create"]
+
+
+class _Options:
+    """An engine's options, checked for unknown names and read with type checks."""
+
+    def __init__(self, kind: str, options: Mapping[str, Any], known: frozenset[str]) -> None:
+        for name in options:
+            if name not in known:
+                raise ValueError(
+                    f"engine {kind!r} has no option {name!r}; "
+                    f"its options are: {', '.join(sorted(known)) or 'none'}"
+                )
+        self._kind = kind
+        self._options = options
+
+    def number(self, name: str, default: float) -> float:
+        value = self._options.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise self._invalid(name, value, "a number >= 0")
+        return float(value)
+
+    def count(self, name: str, default: int) -> int:
+        value = self.optional_count(name)
+        return default if value is None else value
+
+    def optional_count(self, name: str) -> int | None:
+        value = self._options.get(name)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise self._invalid(name, value, "an integer >= 1")
+        return value
+
+    def path(self, name: str) -> Path | None:
+        value = self._options.get(name)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value:
+            raise self._invalid(name, value, "a path")
+        return Path(value).expanduser()
+
+    def _invalid(self, name: str, value: Any, expected: str) -> ValueError:
+        return ValueError(
+            f"engine {self._kind!r}: option {name!r} must be {expected}, not {value!r}"
+        )
+
+
+def _test_echo(options: _Options) -> base.Engine:
+    return EchoEngine(token_delay_s=options.number("token_delay_s", 0.0))
+
+
+def _smollm2(options: _Options) -> base.Engine:
+    return SmolLM2Engine(
+        cache_dir=options.path("cache_dir"),
+        default_max_tokens=options.count("default_max_tokens", 256),
+        threads=options.optional_count("threads"),
+    )
+
+
+def _sentence_transformers(options: _Options) -> base.Engine:
+    return SentenceTransformerEngine(
+        path=options.path("path"), batch_size=options.count("batch_size", 32)
+    )
+
+
+def _onnx_embedding(options: _Options) -> base.Engine:
+    return OnnxEmbeddingEngine(
+        path=options.path("path"),
+        threads=options.optional_count("threads"),
+        batch_size=options.count("batch_size", 32),
+        max_length=options.count("max_length", 256),
+    )
+
+
+_BUILDERS: dict[str, tuple[Callable[[_Options], base.Engine], frozenset[str]]] = {
+    "test-echo": (_test_echo, frozenset({"token_delay_s"})),
+    "smollm2": (_smollm2, frozenset({"cache_dir", "default_max_tokens", "threads"})),
+    "sentence-transformers": (_sentence_transformers, frozenset({"path", "batch_size"})),
+    "onnx-embedding": (
+        _onnx_embedding,
+        frozenset({"path", "threads", "batch_size", "max_length"}),
+    ),
+}
+
+KINDS: tuple[str, ...] = tuple(_BUILDERS)
+"""The engine kinds ``create`` knows."""
+
+
+def create(spec: EngineSpec) -> base.Engine:
+    """The engine a spec names, configured but not loaded (call ``await engine.load()``)."""
+    entry = _BUILDERS.get(spec.kind)
+    if entry is None:
+        raise ValueError(f"unknown engine kind {spec.kind!r}; known kinds: {', '.join(KINDS)}")
+    build, known = entry
+    return build(_Options(spec.kind, spec.options, known))
