@@ -17,6 +17,7 @@ from tests.conftest import free_port
 
 DATA = Path(__file__).parent / "data"
 ECHO_MODELS = DATA / "echo-models.yaml"
+DEFAULT_MODELS = Path(__file__).parent.parent / "src" / "uplion" / "defaults" / "models.yaml"
 
 
 def _env() -> dict[str, str]:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import pytest_asyncio
 from tokenizers import Tokenizer
 
 from uplion import protocol
@@ -70,7 +71,7 @@ def smollm2_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     shutil.rmtree(root)  # 0.5 GB: pytest would keep it with its last temporary folders
 
 
-@pytest.fixture(scope="session")
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def smollm2(smollm2_cache: Path) -> AsyncIterator[base.Engine]:
     spec = EngineSpec(
         kind="smollm2", options={"cache_dir": str(smollm2_cache), "default_max_tokens": 48}
@@ -81,7 +82,7 @@ async def smollm2(smollm2_cache: Path) -> AsyncIterator[base.Engine]:
     await engine.close()
 
 
-@pytest.fixture(scope="session")
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def minilm() -> AsyncIterator[base.Engine]:
     engine = engines.create(EngineSpec(kind="sentence-transformers"))
     await engine.load()
@@ -89,7 +90,7 @@ async def minilm() -> AsyncIterator[base.Engine]:
     await engine.close()
 
 
-@pytest.fixture(scope="session")
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def minilm_onnx() -> AsyncIterator[base.Engine]:
     engine = engines.create(EngineSpec(kind="onnx-embedding"))
     await engine.load()
@@ -186,7 +187,8 @@ def test_stop_matcher_sends_only_text_before_the_first_stop(
 
 
 @pytest.mark.slow
-def test_incremental_decoder_never_splits_a_character(
+@session_loop
+async def test_incremental_decoder_never_splits_a_character(
     smollm2: base.Engine, smollm2_cache: Path
 ) -> None:
     from transformers import AutoTokenizer

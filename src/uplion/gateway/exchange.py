@@ -54,6 +54,7 @@ class Call:
         self.usage: protocol.Usage | None = None
         self._chunks = inflight.chunks()
         self._ended = False
+        self._metrics = exchange.metrics.route(route.spec.name, inflight.task.protocol.value)
 
     @property
     def task(self) -> protocol.Task:
@@ -70,9 +71,7 @@ class Call:
                 self.route.spec.name, self.route.spec.request_timeout_s
             ) from None
         if chunk.queue_wait_s is not None:
-            self.exchange.metrics.queue_wait.labels(self.route.spec.name).observe(
-                chunk.queue_wait_s
-            )
+            self._metrics.queue_wait.observe(chunk.queue_wait_s)
         if chunk.kind == "error":
             error = chunk.error or protocol.ErrorInfo("The worker failed without a message.")
             self.end(error.status)
@@ -83,18 +82,24 @@ class Call:
         return chunk
 
     async def result(self, request: Request) -> protocol.Chunk:
-        """The final chunk of a non-streaming call; the task is cancelled if the client leaves."""
-        answer = asyncio.ensure_future(self._final())
-        gone = asyncio.ensure_future(_disconnected(request))
+        """The final chunk of a non-streaming call; the task is cancelled if the client leaves.
+
+        One watcher task per call listens for the disconnect and cancels this handler's task.
+        """
+        handler = asyncio.current_task()
+        assert handler is not None
+        gone = asyncio.Event()
+        watcher = asyncio.create_task(_watch_disconnect(request, handler, gone))
         try:
-            await asyncio.wait({answer, gone}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            gone.cancel()
-        if not answer.done():
-            answer.cancel()
+            return await self._final()
+        except asyncio.CancelledError:
+            if not gone.is_set():
+                raise
+            handler.uncancel()
             await self.abandon()
-            raise ClientGone
-        return answer.result()
+            raise ClientGone from None
+        finally:
+            watcher.cancel()
 
     async def _final(self) -> protocol.Chunk:
         while True:
@@ -120,18 +125,21 @@ class Call:
             return
         self._ended = True
         metrics = self.exchange.metrics
-        model, kind = self.route.spec.name, self.task.protocol.value
-        metrics.requests.labels(model, kind, str(status)).inc()
-        metrics.latency.labels(model, kind).observe(time.perf_counter() - self.started)
+        metrics.requests.labels(self.route.spec.name, self.task.protocol.value, str(status)).inc()
+        self._metrics.latency.observe(time.perf_counter() - self.started)
         metrics.inflight.set(self.exchange.relay.inflight)
         if self.usage is not None:
-            metrics.tokens.labels(model, "prompt").inc(self.usage.prompt_tokens)
-            metrics.tokens.labels(model, "completion").inc(self.usage.completion_tokens)
+            self._metrics.prompt_tokens.inc(self.usage.prompt_tokens)
+            self._metrics.completion_tokens.inc(self.usage.completion_tokens)
 
 
-async def _disconnected(request: Request) -> None:
-    """Return when the client disconnects (the body has been read already)."""
+async def _watch_disconnect(
+    request: Request, handler: asyncio.Task[object], gone: asyncio.Event
+) -> None:
+    """Cancel ``handler`` when the client disconnects (the body has been read already)."""
     while True:
         message = await request.receive()
         if message["type"] == "http.disconnect":
+            gone.set()
+            handler.cancel()
             return

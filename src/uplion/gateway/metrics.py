@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
                    60, 120)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteMetrics:
+    """The labelled children of one model and protocol, looked up once (labels() is not free)."""
+
+    latency: Any
+    queue_wait: Any
+    prompt_tokens: Any
+    completion_tokens: Any
 
 
 class GatewayMetrics:
@@ -35,6 +48,20 @@ class GatewayMetrics:
             "uplion_gateway_inflight", "Requests this gateway is waiting on.",
             registry=self.registry,
         )
+
+        self._routes: dict[tuple[str, str], RouteMetrics] = {}
+
+    def route(self, model: str, kind: str) -> RouteMetrics:
+        children = self._routes.get((model, kind))
+        if children is None:
+            children = RouteMetrics(
+                latency=self.latency.labels(model, kind),
+                queue_wait=self.queue_wait.labels(model),
+                prompt_tokens=self.tokens.labels(model, "prompt"),
+                completion_tokens=self.tokens.labels(model, "completion"),
+            )
+            self._routes[(model, kind)] = children
+        return children
 
     def exposition(self) -> bytes:
         return bytes(generate_latest(self.registry))

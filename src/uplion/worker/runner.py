@@ -61,11 +61,9 @@ class Worker:
                     self._slot_freed.clear()
                     await self._wait_any(self._slot_freed)
                     continue
-                take = asyncio.ensure_future(self._consumer.take(free, _TAKE_TIMEOUT_S))
-                stop = asyncio.ensure_future(self._stopping.wait())
-                await asyncio.wait({take, stop}, return_when=asyncio.FIRST_COMPLETED)
-                stop.cancel()
-                deliveries = await take
+                # A stop is noticed when the take returns, within _TAKE_TIMEOUT_S: interrupting a
+                # take could strand tasks the broker handed out but the worker never saw.
+                deliveries = await self._consumer.take(free, _TAKE_TIMEOUT_S)
                 for delivery in deliveries:
                     if self._stopping.is_set():
                         await self._consumer.release(delivery)

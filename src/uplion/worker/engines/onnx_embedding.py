@@ -62,7 +62,7 @@ class OnnxEmbeddingEngine(base.Engine):
         return base.Embeddings(vectors=vectors.tolist(), prompt_tokens=tokens)
 
     def _load(self) -> None:
-        import onnxruntime  # type: ignore[import-untyped]
+        import onnxruntime
         from tokenizers import Tokenizer
 
         if self.path is None:
