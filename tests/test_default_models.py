@@ -46,7 +46,8 @@ def test_smollm2_streams_token_by_token(client: openai.OpenAI) -> None:
         model="smollm2-135m-instruct", temperature=0, max_tokens=20, stream=True,
         messages=[{"role": "user", "content": "Count from one to ten."}],
     )
-    deltas = [c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content]
+    deltas = [c.choices[0].delta.content for c in stream
+              if c.choices and c.choices[0].delta.content]
     assert len(deltas) >= 5
 
 
