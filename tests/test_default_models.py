@@ -19,8 +19,9 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[openai.OpenAI]:
     tmp = tmp_path_factory.mktemp("defaults")
     os.environ["UPLION_CACHE_DIR"] = str(tmp / "cache")
     try:
-        with helpers.platform(tmp, models=helpers.DEFAULT_MODELS, timeout=180) as url, \
-                openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0) as instance:
+        with helpers.platform(tmp, models=helpers.DEFAULT_MODELS, timeout=180) as served, \
+                openai.OpenAI(base_url=f"{served.url}/v1", api_key=served.admin_token,
+                              max_retries=0) as instance:
             yield instance
     finally:
         del os.environ["UPLION_CACHE_DIR"]

@@ -41,12 +41,15 @@ async def _ask(client: openai.AsyncOpenAI, index: int, stream: bool) -> str:
 @pytest.mark.redis
 def test_killed_worker_tasks_are_redelivered_once(clean_redis: str, tmp_path: Path) -> None:
     broker_url = f"{clean_redis}?visibility_timeout_s=1"
+    env = {"UPLION_DATA_DIR": str(tmp_path / "data"), "UPLION_REDIS_URL": clean_redis}
+    token = helpers.bootstrap_store(tmp_path, env)
     logs = [tmp_path / "worker-a.log", tmp_path / "worker-b.log"]
     workers = [helpers.spawn("worker", "--models", str(MODELS), "--broker", broker_url,
                              "--model", "echo-slow", log=log) for log in logs]
     try:
-        with helpers.platform(tmp_path, MODELS, broker_url, command="gateway") as base_url:
-            answers = asyncio.run(_run(base_url, workers[0]))
+        with helpers.platform(tmp_path, MODELS, broker_url, command="gateway",
+                              env=env) as served:
+            answers = asyncio.run(_run(served.url, token, workers[0]))
         assert workers[0].returncode == -signal.SIGKILL
     finally:
         for process in workers:
@@ -54,8 +57,10 @@ def test_killed_worker_tasks_are_redelivered_once(clean_redis: str, tmp_path: Pa
     assert answers == {index: _expected(index) for index in range(24)}
 
 
-async def _run(base_url: str, victim: subprocess.Popen[bytes]) -> dict[int, str]:
-    async with openai.AsyncOpenAI(base_url=f"{base_url}/v1", api_key="unused",
+async def _run(
+    base_url: str, token: str, victim: subprocess.Popen[bytes]
+) -> dict[int, str]:
+    async with openai.AsyncOpenAI(base_url=f"{base_url}/v1", api_key=token,
                                   max_retries=0, timeout=30) as client:
         requests = [asyncio.create_task(_ask(client, index, stream=index % 2 == 0))
                     for index in range(24)]

@@ -17,6 +17,26 @@ class Settings(BaseSettings):
         default="memory://", description="memory:// (embedded) or redis://host:port/db"
     )
     models_file: Path = Field(default=DEFAULT_MODELS_FILE, description="YAML list of models.")
+    database_url: str | None = Field(
+        default=None,
+        description="Accounts and billing store: sqlite+aiosqlite:///path (default, under "
+        "UPLION_DATA_DIR) or postgresql+asyncpg://user:pass@host/db",
+    )
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis for the principal cache, rate limits and the usage stream; defaults "
+        "to the broker's URL when the broker is Redis, else everything stays in-process.",
+    )
+    billing_flush_events: int = Field(default=500, ge=1)
+    billing_flush_seconds: float = Field(default=1.0, gt=0)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     log_level: str = "info"
+
+    def shared_redis_url(self) -> str | None:
+        """The Redis that gateways share state through, if any."""
+        if self.redis_url:
+            return self.redis_url
+        if self.broker_url.split(":", 1)[0] in ("redis", "rediss", "unix"):
+            return self.broker_url
+        return None

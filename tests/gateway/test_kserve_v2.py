@@ -8,22 +8,39 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
+from tritonclient._plugin import InferenceServerClientPlugin
+from tritonclient._request import Request
 from tritonclient.utils import InferenceServerException
 
 from tests import helpers
 
 
 @pytest.fixture(scope="module")
-def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with helpers.platform(tmp_path_factory.mktemp("v2")) as url:
-        yield url
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[helpers.Served]:
+    with helpers.platform(tmp_path_factory.mktemp("v2")) as running:
+        yield running
 
 
 @pytest.fixture
-def client(base_url: str) -> Iterator[triton.InferenceServerClient]:
-    instance = triton.InferenceServerClient(base_url.removeprefix("http://"))
+def http(served: helpers.Served) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=served.url, headers=served.headers, timeout=10) as instance:
+        yield instance
+
+
+@pytest.fixture
+def client(served: helpers.Served) -> Iterator[triton.InferenceServerClient]:
+    instance = triton.InferenceServerClient(served.url.removeprefix("http://"))
+    instance.register_plugin(_BearerToken(served.admin_token or ""))
     yield instance
     instance.close()
+
+
+class _BearerToken(InferenceServerClientPlugin):  # type: ignore[misc]
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    def __call__(self, request: Request) -> None:
+        request.headers["Authorization"] = f"Bearer {self.token}"
 
 
 def _texts(name: str, texts: list[str]) -> triton.InferInput:
@@ -81,15 +98,15 @@ def test_unknown_model_is_an_error(client: triton.InferenceServerClient) -> None
     assert not client.is_model_ready("missing")
 
 
-def test_shape_mismatch_is_400_with_v2_error(base_url: str) -> None:
+def test_shape_mismatch_is_400_with_v2_error(http: httpx.Client) -> None:
     body = {"inputs": [{"name": "text_input", "shape": [3], "datatype": "BYTES", "data": ["x"]}]}
-    response = httpx.post(f"{base_url}/v2/models/echo/infer", json=body)
+    response = http.post("/v2/models/echo/infer", json=body)
     assert response.status_code == 400
     assert "3 elements" in response.json()["error"]
 
 
-def test_bad_datatype_is_400_naming_the_field(base_url: str) -> None:
+def test_bad_datatype_is_400_naming_the_field(http: httpx.Client) -> None:
     body = {"inputs": [{"name": "t", "shape": [1], "datatype": "TEXT", "data": ["x"]}]}
-    response = httpx.post(f"{base_url}/v2/models/echo/infer", json=body)
+    response = http.post("/v2/models/echo/infer", json=body)
     assert response.status_code == 400
     assert "inputs[0].datatype" in response.json()["error"]

@@ -16,14 +16,21 @@ from tests import helpers
 
 
 @pytest.fixture(scope="module")
-def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with helpers.platform(tmp_path_factory.mktemp("openai")) as url:
-        yield url
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[helpers.Served]:
+    with helpers.platform(tmp_path_factory.mktemp("openai")) as running:
+        yield running
 
 
 @pytest.fixture
-def client(base_url: str) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0) as instance:
+def http(served: helpers.Served) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=served.url, headers=served.headers, timeout=10) as instance:
+        yield instance
+
+
+@pytest.fixture
+def client(served: helpers.Served) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=f"{served.url}/v1", api_key=served.admin_token,
+                       max_retries=0) as instance:
         yield instance
 
 
@@ -83,9 +90,9 @@ def test_streaming_chat_yields_deltas_then_usage(client: openai.OpenAI) -> None:
     assert len({c.id for c in chunks}) == 1
 
 
-def test_stream_ends_with_done(base_url: str) -> None:
+def test_stream_ends_with_done(http: httpx.Client) -> None:
     body = {"model": "echo", "stream": True, "messages": [{"role": "user", "content": "x y"}]}
-    with httpx.stream("POST", f"{base_url}/v1/chat/completions", json=body) as response:
+    with http.stream("POST", "/v1/chat/completions", json=body) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
         events = [line for line in response.iter_lines() if line.startswith("data: ")]
     assert events[-1] == "data: [DONE]"
@@ -103,14 +110,14 @@ def test_completion_and_streaming_completion(client: openai.OpenAI) -> None:
     assert "".join(c.choices[0].text for c in streamed) == "red green"
 
 
-def test_embeddings_float_and_base64(client: openai.OpenAI) -> None:
+def test_embeddings_float_and_base64(client: openai.OpenAI, http: httpx.Client) -> None:
     reply = client.embeddings.create(model="echo-embed", input=["alpha", "beta gamma"],
                                      encoding_format="float")
     assert [item.index for item in reply.data] == [0, 1]
     assert len(reply.data[0].embedding) == 8
     assert reply.data[0].embedding != reply.data[1].embedding
     assert reply.usage.prompt_tokens == 3
-    raw = httpx.post(f"{client.base_url}embeddings", json={
+    raw = http.post("/v1/embeddings", json={
         "model": "echo-embed", "input": "alpha", "encoding_format": "base64"}).json()
     packed = base64.b64decode(raw["data"][0]["embedding"])
     assert list(struct.unpack("<8f", packed)) == pytest.approx(reply.data[0].embedding, abs=1e-6)
@@ -146,9 +153,9 @@ def test_malformed_field_is_400_naming_it(client: openai.OpenAI) -> None:
     ],
 )
 def test_bad_bodies_are_400_in_openai_shape(
-    base_url: str, body: dict[str, object], param: str | None
+    http: httpx.Client, body: dict[str, object], param: str | None
 ) -> None:
-    response = httpx.post(f"{base_url}/v1/chat/completions", json=body)
+    response = http.post("/v1/chat/completions", json=body)
     assert response.status_code == 400
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
@@ -160,8 +167,8 @@ def test_bad_bodies_are_400_in_openai_shape(
         assert "messages" in error["message"]
 
 
-def test_invalid_json_is_400(base_url: str) -> None:
-    response = httpx.post(f"{base_url}/v1/chat/completions", content=b"{not json",
+def test_invalid_json_is_400(http: httpx.Client) -> None:
+    response = http.post("/v1/chat/completions", content=b"{not json",
                           headers={"content-type": "application/json"})
     assert response.status_code == 400
     assert "parse the JSON" in response.json()["error"]["message"]
@@ -173,8 +180,8 @@ def test_embedding_on_a_chat_model_is_400(client: openai.OpenAI) -> None:
     assert caught.value.code == "model_not_supported"
 
 
-def test_unknown_url_is_404_in_openai_shape(base_url: str) -> None:
-    response = httpx.get(f"{base_url}/v1/nothing")
+def test_unknown_url_is_404_in_openai_shape(http: httpx.Client) -> None:
+    response = http.get("/v1/nothing")
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "unknown_url"
 
@@ -190,26 +197,28 @@ def test_no_worker_means_504_at_the_deadline(client: openai.OpenAI) -> None:
     assert 0.9 <= time.monotonic() - started < 5
 
 
-def test_client_disconnect_cancels_the_task(base_url: str, tmp_path: Path) -> None:
+def test_client_disconnect_cancels_the_task(http: httpx.Client, tmp_path: Path) -> None:
     words = " ".join(f"w{i}" for i in range(150))  # 150 x 50 ms: 7.5 s if never cancelled
     body = {"model": "echo-slow", "stream": True, "messages": [{"role": "user", "content": words}]}
-    with httpx.stream("POST", f"{base_url}/v1/chat/completions", json=body) as response:
+    with http.stream("POST", "/v1/chat/completions", json=body) as response:
         lines = response.iter_lines()
         assert next(lines).startswith("data: ")
     # echo-slow has 4 slots; if cancelled tasks kept running, 4 more long ones would fill them.
     for _ in range(4):
-        with httpx.stream("POST", f"{base_url}/v1/chat/completions", json=body) as response:
+        with http.stream("POST", "/v1/chat/completions", json=body) as response:
             next(response.iter_lines())
     started = time.monotonic()
-    quick = httpx.post(f"{base_url}/v1/chat/completions", timeout=10, json={
+    quick = http.post("/v1/chat/completions", timeout=10, json={
         "model": "echo-slow", "messages": [{"role": "user", "content": "fast"}]})
     assert quick.status_code == 200
     assert time.monotonic() - started < 2.0
 
 
-def test_metrics_count_requests_tokens_and_backlog(client: openai.OpenAI, base_url: str) -> None:
+def test_metrics_count_requests_tokens_and_backlog(
+    client: openai.OpenAI, http: httpx.Client
+) -> None:
     client.chat.completions.create(model="echo", messages=[{"role": "user", "content": "m e"}])
-    text = httpx.get(f"{base_url}/metrics").text
+    text = http.get("/metrics").text
     assert 'uplion_requests_total{model="echo",protocol="openai-chat",status="200"}' in text
     assert 'uplion_tokens_total{direction="completion",model="echo"}' in text
     assert "uplion_request_duration_seconds_bucket" in text

@@ -13,8 +13,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from uplion import broker, protocol, schemas
-from uplion.gateway import errors, kserve_v2, openai
+from uplion import billing, broker, protocol, schemas
+from uplion.accounts import AccountService, Database, PrincipalCache
+from uplion.gateway import admin, authz, errors, kserve_v2, openai
+from uplion.gateway.admission import Admission, AdmissionUnavailable
+from uplion.gateway.auth import Authenticator
 from uplion.gateway.catalog import Catalog
 from uplion.gateway.exchange import ClientGone, Exchange
 from uplion.gateway.metrics import GatewayMetrics
@@ -27,15 +30,19 @@ Lifespan = Callable[[Starlette], AbstractAsyncContextManager[None]]
 
 
 def create_app(
-    source: broker.Broker, catalog: Catalog, lifespan: Lifespan | None = None
+    source: broker.Broker, catalog: Catalog, *, principals: PrincipalCache,
+    admission: Admission, usage: billing.UsageStream, accounts: AccountService,
+    database: Database, lifespan: Lifespan | None = None,
 ) -> Starlette:
-    """The gateway app over a broker. ``lifespan`` (if any) runs around the gateway's own
-    start-up, e.g. to start the broker and local workers; the broker must be started by then."""
+    """The gateway app. ``lifespan`` (if any) runs around the gateway's own start-up and must
+    start the broker and the stores it was given (and local workers, if any)."""
     relay = Relay(source)
     metrics = GatewayMetrics()
+    exchange = Exchange(relay, metrics, admission, usage)
     state = GatewayState(
-        broker=source, catalog=catalog, relay=relay, metrics=metrics,
-        exchange=Exchange(relay, metrics),
+        broker=source, catalog=catalog, relay=relay, metrics=metrics, exchange=exchange,
+        auth=Authenticator(principals), admission=admission, accounts=accounts,
+        database=database,
     )
 
     @contextlib.asynccontextmanager
@@ -48,13 +55,16 @@ def create_app(
             log.info("gateway ready: reply address %s, models %s", relay.address, catalog.names())
             yield
             state.ready = False
+            await exchange.drain()
 
     app = Starlette(
-        routes=[*openai.ROUTES, *kserve_v2.ROUTES, Route("/metrics", metrics_endpoint)],
+        routes=[*openai.ROUTES, *kserve_v2.ROUTES, *admin.ROUTES, *authz.ROUTES,
+                Route("/metrics", metrics_endpoint)],
         exception_handlers={
             errors.ApiError: _api_error,
             schemas.InvalidRequest: _invalid_request,
             ClientGone: _client_gone,
+            AdmissionUnavailable: _admission_unavailable,
             HTTPException: _http_error,
         },
         lifespan=run,
@@ -88,6 +98,14 @@ async def _invalid_request(request: Request, exc: Exception) -> Response:
     return _render(request, protocol.ErrorInfo(
         exc.message, type="invalid_request_error", param=exc.param, status=400
     ), {})
+
+
+async def _admission_unavailable(request: Request, exc: Exception) -> Response:
+    log.warning("rate limits unavailable: %s", exc)
+    return _render(request, protocol.ErrorInfo(
+        "Rate limiting is unavailable right now; retry shortly.", type="server_error",
+        code="rate_limiter_unavailable", status=503,
+    ), {"Retry-After": "1"})
 
 
 async def _client_gone(request: Request, exc: Exception) -> Response:

@@ -1,7 +1,11 @@
-"""One request's round trip: make the task, publish it, wait for its chunks, record metrics.
+"""One request's round trip: admit it, publish the task, wait for its chunks, account for it.
 
-Shared by the OpenAI and KServe v2 front ends. A call ends exactly once: answered, failed,
-timed out, or abandoned by its client (then the task is cancelled so workers skip or stop it).
+Shared by the OpenAI and KServe v2 front ends. Admission (rate limits and quota) reserves the
+request's maximum tokens before the task is published. A call ends exactly once: answered,
+failed, timed out, or abandoned by its client (then the task is cancelled so workers skip or stop
+it). At the end the reservation is settled with the real usage and one usage event goes to
+billing, both off the response's path. A stream abandoned midway is charged for the chunks that
+reached the client (one token each) plus the prompt estimate.
 """
 
 from __future__ import annotations
@@ -14,8 +18,12 @@ from typing import Any
 from starlette.requests import Request
 
 from uplion import protocol
+from uplion.accounts.principal import Principal
+from uplion.billing import UsageEvent, UsageStream
 from uplion.gateway import errors
+from uplion.gateway.admission import Admission
 from uplion.gateway.catalog import Route
+from uplion.gateway.estimate import Estimate
 from uplion.gateway.metrics import GatewayMetrics
 from uplion.gateway.relay import DeadlineExceeded, Inflight, Relay
 
@@ -25,33 +33,81 @@ class ClientGone(Exception):
 
 
 class Exchange:
-    def __init__(self, relay: Relay, metrics: GatewayMetrics) -> None:
+    def __init__(
+        self, relay: Relay, metrics: GatewayMetrics, admission: Admission, usage: UsageStream
+    ) -> None:
         self.relay = relay
         self.metrics = metrics
+        self.admission = admission
+        self.usage = usage
+        self._settling: set[asyncio.Task[None]] = set()
 
     async def call(
         self, route: Route, kind: protocol.Protocol, payload: dict[str, Any], stream: bool,
-        tenant: str = "",
+        caller: Principal, estimate: Estimate,
     ) -> Call:
+        """Admit and publish; a refusal raises ``errors.ApiError`` (429) with its headers."""
+        task_id = protocol.new_task_id()
+        decision = await self.admission.admit(caller, task_id, estimate.total)
+        if not decision.allowed:
+            self.metrics.requests.labels(route.spec.name, kind.value, "429").inc()
+            raise errors.ApiError(protocol.ErrorInfo(
+                decision.message, type="requests" if decision.code == "rate_limit_exceeded"
+                else "insufficient_quota", code=decision.code, status=429,
+            ), headers=decision.headers)
         now = time.time()
         task = protocol.Task(
-            id=protocol.new_task_id(), model=route.spec.name, version=route.spec.version,
+            id=task_id, model=route.spec.name, version=route.spec.version,
             protocol=kind, payload=payload, stream=stream,
             deadline=now + route.spec.request_timeout_s, reply_to=self.relay.address,
-            tenant=tenant, created=now,
+            tenant=caller.token_id, created=now,
         )
-        inflight = await self.relay.submit(route.topic, task)
+        try:
+            inflight = await self.relay.submit(route.topic, task)
+        except BaseException:
+            await self.admission.settle(caller, task_id, estimate.total, 0)
+            raise
         self.metrics.inflight.set(self.relay.inflight)
-        return Call(self, route, inflight)
+        return Call(self, route, inflight, caller, estimate, decision.headers)
+
+    def settle_later(self, call: Call, status: int, usage: protocol.Usage) -> None:
+        """Settle the reservation and emit the usage event in the background."""
+        settling = asyncio.create_task(self._settle(call, status, usage))
+        self._settling.add(settling)
+        settling.add_done_callback(self._settling.discard)
+
+    async def _settle(self, call: Call, status: int, usage: protocol.Usage) -> None:
+        self.usage.emit(UsageEvent(
+            event_id=call.task.id, token_id=call.caller.token_id, user_id=call.caller.user_id,
+            model=call.route.spec.name, version=call.route.spec.version,
+            prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
+            latency_ms=round((time.perf_counter() - call.started) * 1000), status=status,
+            at=time.time(),
+        ))
+        await self.admission.settle(
+            call.caller, call.task.id, call.estimate.total, usage.total_tokens
+        )
+
+    async def drain(self) -> None:
+        """Wait for pending settlements (on shutdown)."""
+        if self._settling:
+            await asyncio.gather(*self._settling, return_exceptions=True)
 
 
 class Call:
-    def __init__(self, exchange: Exchange, route: Route, inflight: Inflight) -> None:
+    def __init__(
+        self, exchange: Exchange, route: Route, inflight: Inflight, caller: Principal,
+        estimate: Estimate, headers: dict[str, str],
+    ) -> None:
         self.exchange = exchange
         self.route = route
         self.inflight = inflight
+        self.caller = caller
+        self.estimate = estimate
+        self.headers = headers
         self.started = time.perf_counter()
         self.usage: protocol.Usage | None = None
+        self.delivered_chunks = 0
         self._chunks = inflight.chunks()
         self._ended = False
         self._metrics = exchange.metrics.route(route.spec.name, inflight.task.protocol.value)
@@ -111,7 +167,9 @@ class Call:
         """Every chunk up to the final one; abandoning the iterator cancels the task."""
         try:
             while not self._ended:
-                yield await self.next_chunk()
+                chunk = await self.next_chunk()
+                self.delivered_chunks += 1
+                yield chunk
         finally:
             if not self._ended:
                 await self.abandon()
@@ -128,9 +186,14 @@ class Call:
         metrics.requests.labels(self.route.spec.name, self.task.protocol.value, str(status)).inc()
         self._metrics.latency.observe(time.perf_counter() - self.started)
         metrics.inflight.set(self.exchange.relay.inflight)
-        if self.usage is not None:
-            self._metrics.prompt_tokens.inc(self.usage.prompt_tokens)
-            self._metrics.completion_tokens.inc(self.usage.completion_tokens)
+        usage = self.usage
+        if usage is None:  # no final chunk: charge what reached the client
+            produced = self.delivered_chunks
+            prompt = self.estimate.prompt_tokens if produced else 0
+            usage = protocol.Usage(prompt_tokens=prompt, completion_tokens=produced)
+        self._metrics.prompt_tokens.inc(usage.prompt_tokens)
+        self._metrics.completion_tokens.inc(usage.completion_tokens)
+        self.exchange.settle_later(self, status, usage)
 
 
 async def _watch_disconnect(

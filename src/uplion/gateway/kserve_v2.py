@@ -15,7 +15,8 @@ from starlette.routing import Route
 
 import uplion
 from uplion import protocol, schemas
-from uplion.gateway import catalog, errors
+from uplion.accounts.principal import Principal
+from uplion.gateway import catalog, errors, estimate
 from uplion.gateway.openai import json_response
 from uplion.gateway.state import state_of
 
@@ -44,21 +45,23 @@ async def ready(request: Request) -> Response:
     return json_response({"ready": is_ready}, status=200 if is_ready else 503)
 
 
-def _route(request: Request) -> catalog.Route:
+async def _route(request: Request) -> tuple[catalog.Route, Principal]:
+    """The model the path names, if the caller may use it (404 otherwise, as for unknown)."""
+    caller = await state_of(request).auth.authenticate(request.headers)
     name = request.path_params["name"]
     version = request.path_params.get("version")
     route = state_of(request).catalog.resolve(name, version)
-    if route is None:
+    if route is None or not caller.may_use(route.spec.name):
         shown = f"{name} version {version}" if version else name
         raise errors.ApiError(protocol.ErrorInfo(
             f"Model {shown} is not found.", type="invalid_request_error",
             code="model_not_found", status=404,
         ))
-    return route
+    return route, caller
 
 
 async def model_metadata(request: Request) -> Response:
-    route = _route(request)
+    route, _ = await _route(request)
     inputs, outputs = _TENSORS[route.spec.serves]
     return json_response({
         "name": route.spec.name, "versions": state_of(request).catalog.versions(route.spec.name),
@@ -67,12 +70,12 @@ async def model_metadata(request: Request) -> Response:
 
 
 async def model_ready(request: Request) -> Response:
-    route = _route(request)
+    route, _ = await _route(request)
     return json_response({"name": route.spec.name, "ready": True})
 
 
 async def infer(request: Request) -> Response:
-    route = _route(request)
+    route, caller = await _route(request)
     if "inference-header-content-length" in request.headers:
         raise errors.invalid_request(
             "The binary tensor data extension is not supported: send tensors as JSON "
@@ -81,14 +84,16 @@ async def infer(request: Request) -> Response:
     payload = schemas.decode_body(await request.body())
     body = schemas.parse(payload, schemas.V2InferRequest)
     state = state_of(request)
-    call = await state.exchange.call(route, protocol.Protocol.KSERVE_V2, payload, stream=False)
+    call = await state.exchange.call(
+        route, protocol.Protocol.KSERVE_V2, payload, False, caller, estimate.v2_infer(body)
+    )
     final = await call.result(request)
     usage = final.usage or protocol.Usage()
     return json_response({
         "model_name": route.spec.name, "model_version": route.spec.version,
         "id": body.id or call.task.id, "parameters": usage.as_openai(),
         "outputs": (final.data or {}).get("outputs", []),
-    })
+    }, headers=call.headers)
 
 
 _MODEL = "/v2/models/{name}"

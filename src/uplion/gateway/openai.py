@@ -6,7 +6,7 @@ the model's topic, and the worker's chunks are wrapped in OpenAI's envelopes her
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import msgspec
@@ -15,7 +15,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from uplion import protocol, schemas
-from uplion.gateway import catalog, errors
+from uplion.gateway import auth, catalog, errors, estimate
 from uplion.gateway.exchange import Call
 from uplion.gateway.state import state_of
 
@@ -23,22 +23,28 @@ _encode = msgspec.json.Encoder().encode
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-def json_response(body: dict[str, Any], status: int = 200) -> Response:
-    return Response(_encode(body), status_code=status, media_type="application/json")
+def json_response(
+    body: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    return Response(_encode(body), status_code=status, headers=headers,
+                    media_type="application/json")
 
 
 async def list_models(request: Request) -> Response:
     state = state_of(request)
+    caller = await state.auth.authenticate(request.headers)
     data = [_model_object(route, state.started) for route in state.catalog.routes()
-            if route.spec.version == state.catalog.versions(route.spec.name)[0]]
+            if route.spec.version == state.catalog.versions(route.spec.name)[0]
+            and caller.may_use(route.spec.name)]
     return json_response({"object": "list", "data": data})
 
 
 async def retrieve_model(request: Request) -> Response:
     state = state_of(request)
+    caller = await state.auth.authenticate(request.headers)
     model = request.path_params["model"]
     route = state.catalog.resolve(model)
-    if route is None:
+    if route is None or not caller.may_use(route.spec.name):
         raise errors.model_not_found(model)
     return json_response(_model_object(route, state.started))
 
@@ -49,47 +55,55 @@ def _model_object(route: catalog.Route, created: int) -> dict[str, Any]:
 
 
 async def _open(
-    request: Request, kind: protocol.Protocol, schema: type[Any], serves: str
+    request: Request, kind: protocol.Protocol, schema: type[Any], serves: str,
+    estimator: Callable[[Any], estimate.Estimate],
 ) -> tuple[Call, Any]:
     state = state_of(request)
+    caller = await state.auth.authenticate(request.headers)
     payload = schemas.decode_body(await request.body())
     body = schemas.parse(payload, schema)
     route = state.catalog.resolve(body.model)
     if route is None:
         raise errors.model_not_found(body.model)
+    auth.check_model(caller, route.spec.name)
     if route.spec.serves != serves:
         raise errors.invalid_request(
             f"The model `{body.model}` serves {route.spec.serves}, not {serves}.",
             param="model", code="model_not_supported",
         )
-    call = await state.exchange.call(route, kind, payload, bool(getattr(body, "stream", False)))
+    call = await state.exchange.call(
+        route, kind, payload, bool(getattr(body, "stream", False)), caller, estimator(body)
+    )
     return call, body
 
 
 async def chat_completions(request: Request) -> Response:
     call, body = await _open(
-        request, protocol.Protocol.OPENAI_CHAT, schemas.ChatRequest, "text-generation"
+        request, protocol.Protocol.OPENAI_CHAT, schemas.ChatRequest, "text-generation",
+        estimate.chat,
     )
     return await _respond(request, call, body, "chatcmpl", "chat.completion")
 
 
 async def completions(request: Request) -> Response:
     call, body = await _open(
-        request, protocol.Protocol.OPENAI_COMPLETION, schemas.CompletionRequest, "text-generation"
+        request, protocol.Protocol.OPENAI_COMPLETION, schemas.CompletionRequest, "text-generation",
+        estimate.completion,
     )
     return await _respond(request, call, body, "cmpl", "text_completion")
 
 
 async def embeddings(request: Request) -> Response:
     call, body = await _open(
-        request, protocol.Protocol.OPENAI_EMBEDDING, schemas.EmbeddingRequest, "embedding"
+        request, protocol.Protocol.OPENAI_EMBEDDING, schemas.EmbeddingRequest, "embedding",
+        estimate.embedding,
     )
     final = await call.result(request)
     usage = final.usage or protocol.Usage()
     return json_response({
         "object": "list", "data": (final.data or {}).get("data", []), "model": body.model,
         "usage": {"prompt_tokens": usage.prompt_tokens, "total_tokens": usage.total_tokens},
-    })
+    }, headers=call.headers)
 
 
 async def _respond(
@@ -100,14 +114,18 @@ async def _respond(
     if not body.stream:
         final = await call.result(request)
         usage = (final.usage or protocol.Usage()).as_openai()
-        return json_response({**envelope, "object": obj, **(final.data or {}), "usage": usage})
+        return json_response(
+            {**envelope, "object": obj, **(final.data or {}), "usage": usage}, headers=call.headers
+        )
     # The first chunk decides the status: an error or a timeout before any output is a plain
     # HTTP error, not a stream.
     first = await call.next_chunk()
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     chunk_object = "chat.completion.chunk" if obj == "chat.completion" else obj
     events = _sse(call, first, {**envelope, "object": chunk_object}, include_usage)
-    return StreamingResponse(events, media_type="text/event-stream", headers=_SSE_HEADERS)
+    return StreamingResponse(
+        events, media_type="text/event-stream", headers={**_SSE_HEADERS, **call.headers}
+    )
 
 
 async def _sse(

@@ -8,6 +8,9 @@ from dataclasses import dataclass, field
 from starlette.requests import Request
 
 from uplion import broker
+from uplion.accounts import AccountService, Database
+from uplion.gateway.admission import Admission
+from uplion.gateway.auth import Authenticator
 from uplion.gateway.catalog import Catalog
 from uplion.gateway.exchange import Exchange
 from uplion.gateway.metrics import GatewayMetrics
@@ -21,6 +24,10 @@ class GatewayState:
     relay: Relay
     metrics: GatewayMetrics
     exchange: Exchange
+    auth: Authenticator
+    admission: Admission
+    accounts: AccountService
+    database: Database
     started: int = field(default_factory=lambda: int(time.time()))
     ready: bool = False
 

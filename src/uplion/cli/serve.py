@@ -1,4 +1,4 @@
-"""The ``uplion`` command: run the platform on one machine, or one gateway or worker process."""
+"""``uplion run|gateway|worker|billing``: the platform on one machine, or one of its processes."""
 
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ import uvicorn
 import uvloop
 from starlette.applications import Starlette
 
-from uplion import broker, config, gateway, worker
+from uplion import billing, broker, config, gateway, wiring, worker
+from uplion.accounts import default_url
 from uplion.local.runtime import LocalPlatform
 from uplion.models import ModelSpec, load_models_file
 from uplion.worker import engines
 
-app = typer.Typer(help="uplion: serve any AI model, local or remote, behind one API.",
-                  no_args_is_help=True, add_completion=False)
+app = typer.Typer()
 
 ModelsOption = typer.Option(None, "--models", "-m", help="Models file (YAML).")
 BrokerOption = typer.Option(None, "--broker", "-b", help="memory:// or redis://host:port/db")
@@ -75,9 +75,20 @@ def run(
     """Start the whole platform in one process: gateway, broker (embedded by default), workers."""
     settings = _settings(models, broker_url, host, port)
     specs = _specs(settings)
-    platform = LocalPlatform(settings.broker_url, specs)
+    platform = LocalPlatform(settings, specs)
     banner = _banner(settings, specs)
-    _serve(platform.app(on_ready=lambda: typer.echo(banner)), settings)
+
+    def ready(admin_token: str | None) -> None:
+        typer.echo(banner)
+        if admin_token is not None:
+            typer.echo(
+                "\nThe account store was empty: created the user 'admin'. Its API token, shown "
+                f"only this once:\n\n    {admin_token}\n\n"
+                "Use it as `Authorization: Bearer <token>` (export UPLION_TOKEN=... for "
+                "`uplion admin`)."
+            )
+
+    _serve(platform.app(on_ready=ready), settings)
 
 
 @app.command("gateway")
@@ -87,18 +98,35 @@ def gateway_command(
 ) -> None:
     """Start a gateway only; workers run as separate `uplion worker` processes."""
     settings = _settings(models, broker_url, host, port)
-    source = broker.connect(settings.broker_url)
+    backends = wiring.backends(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app_: Starlette) -> AsyncIterator[None]:
-        await source.start()
-        try:
+        async with backends.running(migrate_first=False):
             yield
-        finally:
-            await source.close()
 
     catalog = gateway.Catalog(_specs(settings))
-    _serve(gateway.create_app(source, catalog, lifespan=lifespan), settings)
+    _serve(gateway.create_app(
+        backends.broker, catalog, principals=backends.principals, admission=backends.admission,
+        usage=backends.usage, accounts=backends.accounts, database=backends.database,
+        lifespan=lifespan,
+    ), settings)
+
+
+@app.command("billing")
+def billing_command(broker_url: str | None = BrokerOption) -> None:
+    """Run the usage aggregator of a cluster (Redis usage stream → database) until SIGTERM."""
+    settings = _settings(None, broker_url)
+    redis_url = settings.shared_redis_url()
+    if redis_url is None:
+        raise typer.BadParameter(
+            "the aggregator of a cluster reads the Redis usage stream: set UPLION_REDIS_URL "
+            "(on one machine, `uplion run` aggregates in-process)", param_hint="--broker"
+        )
+    uvloop.run(billing.run_aggregator(
+        redis_url, settings.database_url or default_url(), settings.billing_flush_events,
+        settings.billing_flush_seconds,
+    ))
 
 
 @app.command("worker")
@@ -133,7 +161,3 @@ async def _run_worker(broker_url: str, spec: ModelSpec) -> None:
     finally:
         await engine.close()
         await source.close()
-
-
-def main() -> None:
-    app()

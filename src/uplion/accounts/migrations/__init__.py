@@ -1,0 +1,1 @@
+"""Alembic's environment and revisions of every platform table (applied by ``db.migrate``)."""
