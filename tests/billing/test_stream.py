@@ -89,6 +89,10 @@ def test_connect_picks_by_scheme() -> None:
     redis_stream = stream.connect("redis://127.0.0.1:1/0?visibility_timeout_s=3&retention_s=60")
     assert isinstance(redis_stream, stream.RedisUsageStream)
     assert (redis_stream.visibility_timeout_s, redis_stream.retention_s) == (3, 60)
+    assert redis_stream._url == "redis://127.0.0.1:1/0"
+    shared = stream.connect("redis://h/0?task_ttl_s=60&visibility_timeout_s=9&reply_ttl_s=5&db=1")
+    assert isinstance(shared, stream.RedisUsageStream)  # the broker's URL, with its options
+    assert (shared._url, shared.visibility_timeout_s) == ("redis://h/0?db=1", 9)
     with pytest.raises(ValueError, match="scheme"):
         stream.connect("kafka://x")
     with pytest.raises(ValueError, match="not a number"):

@@ -32,7 +32,8 @@ aggregator ever applied it (no aggregator ran for a whole retention). The stream
 memory. ``retention_s`` is also how long the aggregator must remember applied event ids.
 
 Both are options of ``RedisUsageStream`` and may be given in the URL's query
-(``redis://host:6379/0?visibility_timeout_s=10&retention_s=86400``), as for the broker.
+(``redis://host:6379/0?visibility_timeout_s=10&retention_s=86400``), as for the broker; the URL
+may be the broker's own (its ``task_ttl_s`` and ``reply_ttl_s`` are ignored here).
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ Entry = tuple[str, events.UsageEvent]
 
 _FIELD = b"e"
 _URL_OPTIONS = frozenset({"visibility_timeout_s", "retention_s"})
+_BROKER_OPTIONS = frozenset({"task_ttl_s", "reply_ttl_s"})  # when the broker's URL is shared
 _DROP_LOG_INTERVAL_S = 10.0
 _BACKOFF_FIRST_S = 0.1
 _BACKOFF_MAX_S = 5.0
@@ -210,7 +212,7 @@ def _client(url: str) -> Redis:
 
 
 def _split_options(url: str) -> tuple[str, dict[str, float]]:
-    """The URL without the stream's own query options, and those options."""
+    """The URL without the stream's (and the broker's) query options, and the stream's."""
     base, _, query_text = url.partition("?")
     query = urllib.parse.parse_qsl(query_text, keep_blank_values=True)
     options: dict[str, float] = {}
@@ -220,7 +222,8 @@ def _split_options(url: str) -> tuple[str, dict[str, float]]:
                 options[name] = float(value)
             except ValueError:
                 raise ValueError(f"usage stream option {name}={value!r} is not a number") from None
-    rest = urllib.parse.urlencode([(name, value) for name, value in query if name not in options])
+    ignored = _URL_OPTIONS | _BROKER_OPTIONS
+    rest = urllib.parse.urlencode([(name, value) for name, value in query if name not in ignored])
     return f"{base}?{rest}" if rest else base, options
 
 
