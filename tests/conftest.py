@@ -1,9 +1,8 @@
-"""Session-wide services for the tests: a real Redis server started in a temp dir on loopback."""
+"""Session-wide services for the tests: real Redis and PostgreSQL servers, started on loopback."""
 
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -12,11 +11,16 @@ from pathlib import Path
 import pytest
 import redis
 
+from tests.ports import free_port
+from tests.stores import (
+    database,
+    database_url,
+    postgres_server,
+    postgres_url,
+    stoppable_postgres,
+)
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+__all__ = ["database", "database_url", "postgres_server", "postgres_url", "stoppable_postgres"]
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import free_port
+from tests.ports import free_port
 
 DATA = Path(__file__).parent / "data"
 ECHO_MODELS = DATA / "echo-models.yaml"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import urllib.parse
 from pathlib import Path
 
 from pydantic import Field
@@ -40,3 +41,24 @@ class Settings(BaseSettings):
         if self.broker_url.split(":", 1)[0] in ("redis", "rediss", "unix"):
             return self.broker_url
         return None
+
+
+# uplion's own options carried in a Redis URL's query (redis://host:6379/0?visibility_timeout_s=5):
+# the broker's and the usage stream's tuning. Every component strips all of them before handing
+# the URL to redis-py, which rejects options it does not know, and reads its own.
+REDIS_URL_OPTIONS = frozenset({"visibility_timeout_s", "task_ttl_s", "reply_ttl_s", "retention_s"})
+
+
+def split_redis_url(url: str) -> tuple[str, dict[str, float]]:
+    """The URL for redis-py, and uplion's options from its query (``ValueError`` if not numbers)."""
+    base, _, query_text = url.partition("?")
+    query = urllib.parse.parse_qsl(query_text, keep_blank_values=True)
+    options: dict[str, float] = {}
+    for name, value in query:
+        if name in REDIS_URL_OPTIONS:
+            try:
+                options[name] = float(value)
+            except ValueError:
+                raise ValueError(f"URL option {name}={value!r} is not a number") from None
+    rest = urllib.parse.urlencode([(n, v) for n, v in query if n not in REDIS_URL_OPTIONS])
+    return (f"{base}?{rest}" if rest else base), options

@@ -68,8 +68,9 @@ def backends(settings: config.Settings) -> Backends:
         admission = MemoryAdmission()
         usage = billing.connect("memory://")
     else:
-        principals = RedisPrincipalCache(redis_url, principal_loader(database))
-        admission = RedisAdmission(redis_url)
+        plain_url, _ = config.split_redis_url(redis_url)  # cache and limits take no options
+        principals = RedisPrincipalCache(plain_url, principal_loader(database))
+        admission = RedisAdmission(plain_url)
         usage = billing.connect(redis_url)
     return Backends(
         broker=broker.connect(settings.broker_url), database=database,

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from tests import helpers
-from tests.accounts.conftest import PostgresServer
+from tests.stores import PostgresServer
 
 CHAT = {"model": "echo", "messages": [{"role": "user", "content": "still here"}]}
 

@@ -10,7 +10,7 @@ import pytest
 import pytest_asyncio
 import redis.asyncio
 
-from tests.accounts.conftest import PostgresServer
+from tests.stores import PostgresServer
 from uplion.accounts import cache, db, service, tokens
 from uplion.accounts.principal import Principal, Quota, RateLimits
 from uplion.accounts.repository import TokenChanges, UserChanges

@@ -22,7 +22,7 @@ import pytest
 import redis.asyncio
 from sqlalchemy import func, select, text
 
-from tests.accounts.conftest import PostgresServer
+from tests.stores import PostgresServer
 from uplion.accounts import db
 from uplion.billing import events, stream, tables
 

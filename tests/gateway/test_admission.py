@@ -17,7 +17,7 @@ from typing import cast
 import pytest
 import redis
 
-from tests.conftest import free_port
+from tests.ports import free_port
 from uplion.accounts.principal import Period, Principal, Quota, RateLimits
 from uplion.gateway import admission
 from uplion.gateway.admission import (

@@ -48,7 +48,6 @@ import math
 import os
 import socket
 import time
-import urllib.parse
 import uuid
 from collections.abc import Sequence
 from typing import Any, cast
@@ -59,6 +58,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ResponseError
 
+from uplion import config
 from uplion.billing import events
 
 logger = logging.getLogger(__name__)
@@ -72,8 +72,6 @@ Entry = tuple[str, events.UsageEvent]
 """An event as read: its entry id (what ``ack`` takes) and the event."""
 
 _FIELD = b"e"
-_URL_OPTIONS = frozenset({"visibility_timeout_s", "retention_s"})
-_BROKER_OPTIONS = frozenset({"task_ttl_s", "reply_ttl_s"})  # when the broker's URL is shared
 _DROP_LOG_INTERVAL_S = 10.0
 _BACKOFF_FIRST_S = 0.1
 _BACKOFF_MAX_S = 5.0
@@ -211,22 +209,6 @@ def _client(url: str) -> Redis:
     return client
 
 
-def _split_options(url: str) -> tuple[str, dict[str, float]]:
-    """The URL without the stream's (and the broker's) query options, and the stream's."""
-    base, _, query_text = url.partition("?")
-    query = urllib.parse.parse_qsl(query_text, keep_blank_values=True)
-    options: dict[str, float] = {}
-    for name, value in query:
-        if name in _URL_OPTIONS:
-            try:
-                options[name] = float(value)
-            except ValueError:
-                raise ValueError(f"usage stream option {name}={value!r} is not a number") from None
-    ignored = _URL_OPTIONS | _BROKER_OPTIONS
-    rest = urllib.parse.urlencode([(name, value) for name, value in query if name not in ignored])
-    return f"{base}?{rest}" if rest else base, options
-
-
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -255,7 +237,7 @@ class RedisUsageStream(UsageStream):
         max_buffer: int = 100_000,
         close_timeout_s: float = 5.0,
     ) -> None:
-        self._url, options = _split_options(url)
+        self._url, options = config.split_redis_url(url)
         super().__init__(
             visibility_timeout_s=options.get("visibility_timeout_s", visibility_timeout_s),
             retention_s=options.get("retention_s", retention_s),

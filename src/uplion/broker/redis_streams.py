@@ -47,7 +47,6 @@ import asyncio
 import logging
 import math
 import time
-import urllib.parse
 from collections.abc import Coroutine, Sequence
 from typing import Any, cast
 
@@ -58,7 +57,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import RedisError, ResponseError
 
-from uplion import protocol
+from uplion import config, protocol
 from uplion.broker import base
 
 logger = logging.getLogger(__name__)
@@ -80,7 +79,6 @@ _BACKOFF_MAX_S = 5.0
 _RETRIES = 3
 _RETRY_BASE_S = 0.05
 _RETRY_CAP_S = 1.0
-_URL_OPTIONS = frozenset({"visibility_timeout_s", "task_ttl_s", "reply_ttl_s"})
 
 # KEYS[1]: the stream; ARGV: group, consumer, entry ids. Refreshes the idle time of the entries
 # still pending for this consumer and returns their ids; the others are left to their new owner.
@@ -185,23 +183,6 @@ def _client(url: str) -> Redis:
     return client
 
 
-def _split_options(url: str) -> tuple[str, dict[str, float]]:
-    """The URL without the broker's own query options, and those options."""
-    base, _, query_text = url.partition("?")
-    query = urllib.parse.parse_qsl(query_text, keep_blank_values=True)
-    options: dict[str, float] = {}
-    for name, value in query:
-        if name in _URL_OPTIONS:
-            try:
-                options[name] = float(value)
-            except ValueError:
-                raise ValueError(f"broker URL option {name}={value!r} is not a number") from None
-    if not options:
-        return url, options
-    rest = urllib.parse.urlencode([(name, value) for name, value in query if name not in options])
-    return f"{base}?{rest}" if rest else base, options
-
-
 class _Connections:
     """What the broker opened in the event loop it lives in; released together, in that loop."""
 
@@ -280,7 +261,7 @@ class RedisStreamsBroker(base.Broker):
         task_ttl_s: float = 3600.0,
         reply_ttl_s: float = 300.0,
     ) -> None:
-        self._url, options = _split_options(url)
+        self._url, options = config.split_redis_url(url)
         visibility_timeout_s = options.get("visibility_timeout_s", visibility_timeout_s)
         task_ttl_s = options.get("task_ttl_s", task_ttl_s)
         reply_ttl_s = options.get("reply_ttl_s", reply_ttl_s)

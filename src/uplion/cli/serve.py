@@ -15,7 +15,7 @@ import uvloop
 from starlette.applications import Starlette
 
 from uplion import billing, broker, config, gateway, wiring, worker
-from uplion.accounts import default_url
+from uplion.accounts import default_url, migrate
 from uplion.local.runtime import LocalPlatform
 from uplion.models import ModelSpec, load_models_file
 from uplion.worker import engines
@@ -123,10 +123,15 @@ def billing_command(broker_url: str | None = BrokerOption) -> None:
             "the aggregator of a cluster reads the Redis usage stream: set UPLION_REDIS_URL "
             "(on one machine, `uplion run` aggregates in-process)", param_hint="--broker"
         )
-    uvloop.run(billing.run_aggregator(
-        redis_url, settings.database_url or default_url(), settings.billing_flush_events,
-        settings.billing_flush_seconds,
-    ))
+    database_url = settings.database_url or default_url()
+    uvloop.run(_aggregate(settings, redis_url, database_url))
+
+
+async def _aggregate(settings: config.Settings, redis_url: str, database_url: str) -> None:
+    await migrate(database_url)
+    await billing.run_aggregator(
+        redis_url, database_url, settings.billing_flush_events, settings.billing_flush_seconds
+    )
 
 
 @app.command("worker")

@@ -1,4 +1,4 @@
-"""The stores the accounts tests run against: embedded SQLite and a real PostgreSQL server.
+"""The stores the tests run against: embedded SQLite and a real PostgreSQL server (fixtures).
 
 PostgreSQL is Debian's package (``make test`` installs it): a throwaway cluster is initialised in
 a temp dir, listens on a free loopback port (its unix socket in that dir too) and is started once
@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from tests.conftest import free_port
+from tests.ports import free_port
 from uplion.accounts import db
 
 _PG_PREFIX = Path("/usr/lib/postgresql")
