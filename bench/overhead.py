@@ -3,6 +3,9 @@
 For the floor, the memory broker and the Redis broker, at concurrency 1, 16 and 64, it prints
 requests/s and p50/p99 latency measured by `wrk` (Debian's package; `make bench` installs it)
 against a one-word chat completion on the test-echo engine, and the added p50 over the floor.
+Each broker is measured twice: with a token that has no limits ("auth": authentication only)
+and with a token that has requests- and tokens-per-minute limits and a quota ("limits": one
+admission script and one settlement per request; in Redis for the Redis run).
 
     .venv/bin/python bench/overhead.py [--duration 5] [--concurrency 1,16,64]
 """
@@ -35,7 +38,11 @@ MODELS = """models:
 LUA = """wrk.method = "POST"
 wrk.body = '{"model":"echo","messages":[{"role":"user","content":"hi"}]}'
 wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer TOKEN"
 """
+HIGH_LIMITS = {"limits": {"requests_per_minute": 100_000_000, "tokens_per_minute": 10**12},
+               "quota": {"tokens": 10**15, "period": "month"}}
+_TOKEN = re.compile(r"^\s+(upl-[0-9a-f]+-\S+)$", re.MULTILINE)
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
 
 
@@ -52,16 +59,22 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _env() -> dict[str, str]:
+def _env(data_dir: Path | None = None) -> dict[str, str]:
     env = dict(os.environ, UPLION_LOG_LEVEL="warning")
+    if data_dir is not None:
+        env["UPLION_DATA_DIR"] = str(data_dir)
     env["PYTHONPATH"] = f"{ROOT / 'src'}{os.pathsep}{ROOT}"
     return env
 
 
 @contextlib.contextmanager
-def server(command: list[str], port: int, ready_path: str, log: Path) -> Iterator[str]:
+def server(
+    command: list[str], port: int, ready_path: str, log: Path, data_dir: Path | None = None
+) -> Iterator[str]:
     with log.open("wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=_env())
+        process = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, env=_env(data_dir)
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -97,6 +110,18 @@ def redis_server(workdir: Path) -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(10)
+
+
+def tokens(url: str, log: Path) -> dict[str, str]:
+    """The first admin's token (no limits) and a new token with limits and a quota."""
+    found = _TOKEN.search(log.read_text())
+    if found is None:
+        raise RuntimeError(f"no admin token in the log:\n{log.read_text()}")
+    admin = {"Authorization": f"Bearer {found.group(1)}"}
+    user = httpx.post(f"{url}/admin/users", headers=admin, json={"name": "bench"}).json()
+    limited = httpx.post(f"{url}/admin/tokens", headers=admin,
+                         json={"user_id": user["id"], **HIGH_LIMITS}).json()
+    return {"auth": found.group(1), "limits": limited["token"]}
 
 
 def wrk(url: str, concurrency: int, duration: int, script: Path) -> Figures:
@@ -137,7 +162,7 @@ def main() -> None:
         models = workdir / "models.yaml"
         models.write_text(MODELS)
         script = workdir / "post.lua"
-        script.write_text(LUA)
+        script.write_text(LUA.replace("Bearer TOKEN", ""))
         port = free_port()
         floor = [sys.executable, "-m", "uvicorn", "bench.floor:app", "--port", str(port),
                  "--loop", "uvloop", "--http", "httptools", "--log-level", "warning",
@@ -149,13 +174,17 @@ def main() -> None:
                 port = free_port()
                 command = [sys.executable, "-m", "uplion", "run", "--models", str(models),
                            "--broker", broker_url, "--port", str(port)]
-                with server(command, port, "/v2/health/ready", workdir / f"{name}.log") as url:
-                    results[name] = measure(url, levels, args.duration, script)
-    print(f"{'target':<8} {'conc':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'+p50 ms':>8}")
+                log = workdir / f"{name}.log"
+                with server(command, port, "/v2/health/ready", log, workdir / name) as url:
+                    for kind, token in tokens(url, log).items():
+                        authorized = workdir / f"{name}-{kind}.lua"
+                        authorized.write_text(LUA.replace("TOKEN", token))
+                        results[f"{name}+{kind}"] = measure(url, levels, args.duration, authorized)
+    print(f"{'target':<14} {'conc':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'+p50 ms':>8}")
     for name, by_level in results.items():
         for level, figures in by_level.items():
             added = figures.p50_ms - results["floor"][level].p50_ms
-            print(f"{name:<8} {level:>5} {figures.rps:>9.0f} {figures.p50_ms:>8.3f} "
+            print(f"{name:<14} {level:>5} {figures.rps:>9.0f} {figures.p50_ms:>8.3f} "
                   f"{figures.p99_ms:>8.3f} {added:>+8.3f}")
 
 

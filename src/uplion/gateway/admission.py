@@ -329,6 +329,12 @@ class _Rules:
         return tuple(window for window in self.windows if window.tokens is not None), self.quotas
 
 
+def needs_settlement(principal: Principal) -> bool:
+    """Whether ``settle`` has anything to adjust for this principal (token windows or quotas)."""
+    windows, quotas = _rules(principal).settled
+    return bool(windows or quotas)
+
+
 def _rules(principal: Principal) -> _Rules:
     windows: list[_Window] = []
     quotas: list[_Quota] = []

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from uplion import protocol
 from uplion.accounts.principal import Principal
 from uplion.billing import UsageEvent, UsageStream
-from uplion.gateway import errors
+from uplion.gateway import admission, errors
 from uplion.gateway.admission import Admission
 from uplion.gateway.catalog import Route
 from uplion.gateway.estimate import Estimate
@@ -71,12 +71,7 @@ class Exchange:
         return Call(self, route, inflight, caller, estimate, decision.headers)
 
     def settle_later(self, call: Call, status: int, usage: protocol.Usage) -> None:
-        """Settle the reservation and emit the usage event in the background."""
-        settling = asyncio.create_task(self._settle(call, status, usage))
-        self._settling.add(settling)
-        settling.add_done_callback(self._settling.discard)
-
-    async def _settle(self, call: Call, status: int, usage: protocol.Usage) -> None:
+        """Emit the usage event; settle the reservation in the background if it matters."""
         self.usage.emit(UsageEvent(
             event_id=call.task.id, token_id=call.caller.token_id, user_id=call.caller.user_id,
             model=call.route.spec.name, version=call.route.spec.version,
@@ -84,9 +79,15 @@ class Exchange:
             latency_ms=round((time.perf_counter() - call.started) * 1000), status=status,
             at=time.time(),
         ))
-        await self.admission.settle(
+        if usage.total_tokens == call.estimate.total or not admission.needs_settlement(
+            call.caller
+        ):
+            return
+        settling = asyncio.create_task(self.admission.settle(
             call.caller, call.task.id, call.estimate.total, usage.total_tokens
-        )
+        ))
+        self._settling.add(settling)
+        settling.add_done_callback(self._settling.discard)
 
     async def drain(self) -> None:
         """Wait for pending settlements (on shutdown)."""
