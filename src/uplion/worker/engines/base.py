@@ -10,13 +10,33 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from uplion import protocol
 
 
 class Unsupported(Exception):
     """The engine does not serve this kind of request."""
+
+
+class Unrecoverable(Exception):
+    """The engine cannot serve at all until its configuration is fixed (bad config, every
+    upstream key invalid). The worker reports the model Failed and stops taking tasks, instead of
+    failing each request slowly. ``reason`` is a short CamelCase word (``InvalidConfig``,
+    ``AllAccountsUnauthorized``), ``message`` says what to fix."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class EngineHealth:
+    """How the engine fares now: ``degraded`` when part of it is down (some upstream accounts)."""
+
+    state: Literal["ok", "degraded"] = "ok"
+    message: str | None = None
 
 
 class EngineError(Exception):
@@ -71,6 +91,10 @@ class Engine(abc.ABC):
 
     async def close(self) -> None:
         return None
+
+    def health(self) -> EngineHealth:
+        """Polled by the worker for its heartbeat; raise ``Unrecoverable`` when nothing works."""
+        return EngineHealth()
 
     def chat(
         self, messages: list[dict[str, Any]], params: GenerationParams
