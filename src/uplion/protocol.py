@@ -92,6 +92,25 @@ class Chunk(msgspec.Struct, frozen=True):
         return self.kind != "data"
 
 
+WorkerState = Literal["starting", "running", "degraded", "failed", "stopped"]
+
+
+class WorkerStatus(msgspec.Struct, frozen=True):
+    """A worker's heartbeat: what it serves and how it fares. Sent every few seconds and on
+    every change; ``failed`` carries the reason (``InvalidConfig``) and what to fix."""
+
+    worker: str
+    model: str
+    version: str
+    state: WorkerState
+    slots: int
+    busy: int
+    at: float
+    started: float = 0.0
+    reason: str | None = None
+    message: str | None = None
+
+
 _task_encoder = msgspec.json.Encoder()
 _task_decoder = msgspec.json.Decoder(Task)
 _chunk_decoder = msgspec.json.Decoder(Chunk)
@@ -106,7 +125,14 @@ def new_task_id() -> str:
     return f"{_ID_PREFIX}{next(_id_counter):016x}"
 
 
-def encode(message: Task | Chunk) -> bytes:
+_status_decoder = msgspec.json.Decoder(WorkerStatus)
+
+
+def decode_status(raw: bytes) -> WorkerStatus:
+    return _status_decoder.decode(raw)
+
+
+def encode(message: Task | Chunk | WorkerStatus) -> bytes:
     return _task_encoder.encode(message)
 
 

@@ -175,3 +175,34 @@ async def test_cancelled_task_is_skipped_and_announced(any_broker: broker.Broker
     assert [d.task.id for d in deliveries] == ["kept"]
     await consumer.ack(deliveries[0])
     await consumer.close()
+
+
+def _status(worker: str, state: protocol.WorkerState = "running") -> protocol.WorkerStatus:
+    return protocol.WorkerStatus(worker=worker, model="contract", version="1", state=state,
+                                 slots=2, busy=0, at=time.time(), started=time.time())
+
+
+async def test_worker_statuses_reach_present_and_late_subscribers(
+    any_broker: broker.Broker,
+) -> None:
+    early: list[protocol.WorkerStatus] = []
+    arrived = asyncio.Event()
+    all_three = asyncio.Event()
+
+    def on_early(status: protocol.WorkerStatus) -> None:
+        early.append(status)
+        arrived.set()
+        if len(early) == 3:
+            all_three.set()
+
+    await any_broker.subscribe_status(on_early)
+    await any_broker.publish_status(_status("w1"))
+    await asyncio.wait_for(arrived.wait(), 5)
+    await any_broker.publish_status(_status("w1", "failed"))
+    await any_broker.publish_status(_status("w2"))
+    late: list[protocol.WorkerStatus] = []
+    await any_broker.subscribe_status(late.append)
+    assert {(s.worker, s.state) for s in late} == {("w1", "failed"), ("w2", "running")}
+    await asyncio.wait_for(all_three.wait(), 5)
+    assert [(s.worker, s.state) for s in early] == [
+        ("w1", "running"), ("w1", "failed"), ("w2", "running")]

@@ -22,6 +22,7 @@ from uplion import protocol
 
 ChunkHandler = Callable[[protocol.Chunk], None]
 CancelHandler = Callable[[str], None]
+StatusHandler = Callable[[protocol.WorkerStatus], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,3 +93,16 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     async def backlog(self, topic: str, group: str) -> Backlog: ...
+
+    @abc.abstractmethod
+    async def publish_status(self, status: protocol.WorkerStatus) -> None:
+        """Announce a worker's heartbeat to every gateway (and keep it for late subscribers)."""
+
+    @abc.abstractmethod
+    async def subscribe_status(self, handler: StatusHandler) -> None:
+        """Call ``handler`` with the last known status of every worker seen within the last
+        ``STATUS_MEMORY_S``, then with each new one until the broker closes."""
+
+
+STATUS_MEMORY_S = 3600.0
+"""How long a worker's last status is kept: a Failed model stays Failed this long without news."""

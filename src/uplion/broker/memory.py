@@ -33,6 +33,8 @@ class MemoryBroker(base.Broker):
         self._cancel_handlers: list[base.CancelHandler] = []
         self._cancelled: dict[str, float] = {}
         self._receipts = itertools.count()
+        self._statuses: dict[str, protocol.WorkerStatus] = {}
+        self._status_handlers: list[base.StatusHandler] = []
 
     async def start(self) -> None:
         return None
@@ -40,6 +42,7 @@ class MemoryBroker(base.Broker):
     async def close(self) -> None:
         self._reply_handlers.clear()
         self._cancel_handlers.clear()
+        self._status_handlers.clear()
 
     async def publish(self, topic: str, task: protocol.Task) -> None:
         state = self._topics[topic]
@@ -72,6 +75,18 @@ class MemoryBroker(base.Broker):
     async def backlog(self, topic: str, group: str) -> base.Backlog:
         state = self._topics[topic]
         return base.Backlog(waiting=len(state.waiting), in_flight=len(state.in_flight))
+
+    async def publish_status(self, status: protocol.WorkerStatus) -> None:
+        self._statuses[status.worker] = status
+        for handler in list(self._status_handlers):
+            handler(status)
+
+    async def subscribe_status(self, handler: base.StatusHandler) -> None:
+        horizon = time.time() - base.STATUS_MEMORY_S
+        for status in list(self._statuses.values()):
+            if status.at >= horizon:
+                handler(status)
+        self._status_handlers.append(handler)
 
     def is_cancelled(self, task_id: str) -> bool:
         return task_id in self._cancelled

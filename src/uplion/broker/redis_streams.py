@@ -47,7 +47,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, cast
 
 import msgspec
@@ -66,6 +66,8 @@ _TOPIC_PREFIX = "uplion:topic:"
 _REPLY_PREFIX = "uplion:reply:"
 _CANCELLED_PREFIX = "uplion:cancelled:"
 _CANCEL_CHANNEL = "uplion:cancel"
+_STATUS_CHANNEL = "uplion:status"
+_STATUS_KEY = "uplion:workers"
 _TASK_FIELD = b"t"  # also written by the Lua scripts
 _CHUNK_FIELD = b"c"
 _REPLY_MAXLEN = 100_000
@@ -275,6 +277,7 @@ class RedisStreamsBroker(base.Broker):
         self._warned_long_deadline = False
         self._reply_handlers: dict[str, base.ChunkHandler] = {}
         self._cancel_handlers: list[base.CancelHandler] = []
+        self._status_handlers: list[base.StatusHandler] = []
 
     async def start(self) -> None:
         """Check that the server answers (fail fast on a wrong URL)."""
@@ -288,6 +291,7 @@ class RedisStreamsBroker(base.Broker):
         self._closed = True
         self._reply_handlers.clear()
         self._cancel_handlers.clear()
+        self._status_handlers.clear()
         connections, self._connections = self._connections, None
         if connections is not None and connections.open:
             await connections.close()
@@ -406,37 +410,92 @@ class RedisStreamsBroker(base.Broker):
             await pipe.execute()
 
     async def subscribe_cancellations(self, handler: base.CancelHandler) -> None:
-        connections = self._open_connections()
         self._cancel_handlers.append(handler)
-        if len(self._cancel_handlers) > 1:
+        if len(self._cancel_handlers) == 1:
+            try:
+                await self._subscribe(
+                    _CANCEL_CHANNEL, lambda data: self._announce_cancellation(_text(data))
+                )
+            except BaseException:
+                self._cancel_handlers.remove(handler)
+                raise
+
+    async def publish_status(self, status: protocol.WorkerStatus) -> None:
+        payload = protocol.encode(status)
+        async with self._open_connections().redis.pipeline(transaction=False) as pipe:
+            pipe.hset(_STATUS_KEY, status.worker, payload)
+            pipe.publish(_STATUS_CHANNEL, payload)
+            await pipe.execute()
+
+    async def subscribe_status(self, handler: base.StatusHandler) -> None:
+        self._status_handlers.append(handler)
+        if len(self._status_handlers) == 1:
+            try:
+                await self._subscribe(_STATUS_CHANNEL, self._announce_status)
+            except BaseException:
+                self._status_handlers.remove(handler)
+                raise
+        # The snapshot is read after subscribing, so no status falls between the two.
+        redis = self._open_connections().redis
+        stored = await redis.hgetall(_STATUS_KEY)
+        horizon = time.time() - base.STATUS_MEMORY_S
+        stale: list[bytes | str] = []
+        for worker, raw in stored.items():
+            try:
+                status = protocol.decode_status(raw if isinstance(raw, bytes) else raw.encode())
+            except msgspec.DecodeError:
+                stale.append(worker)
+                continue
+            if status.at < horizon:
+                stale.append(worker)
+            else:
+                handler(status)
+        if stale:
+            await redis.hdel(_STATUS_KEY, *stale)
+
+    def _announce_status(self, data: bytes) -> None:
+        try:
+            status = protocol.decode_status(data)
+        except msgspec.DecodeError:
+            logger.warning("ignored a malformed worker status on %s", _STATUS_CHANNEL)
             return
+        for handler in list(self._status_handlers):
+            try:
+                handler(status)
+            except Exception:
+                logger.exception("a status handler failed on worker %s", status.worker)
+
+    async def _subscribe(self, channel: str, dispatch: Callable[[bytes], None]) -> None:
+        """Subscribe to ``channel`` and call ``dispatch`` with each message until close."""
+        connections = self._open_connections()
         pubsub = connections.redis.pubsub()
         try:
-            await pubsub.subscribe(_CANCEL_CHANNEL)
+            await pubsub.subscribe(channel)
             confirmation = await pubsub.get_message(timeout=_SUBSCRIBE_TIMEOUT_S)
             if confirmation is None or confirmation["type"] != "subscribe":
-                raise TimeoutError(f"Redis did not confirm the subscription to {_CANCEL_CHANNEL}")
+                raise TimeoutError(f"Redis did not confirm the subscription to {channel}")
         except BaseException:
-            self._cancel_handlers.remove(handler)
             await _close_pubsub(pubsub)
             raise
-        connections.spawn(self._read_cancellations(pubsub), name="uplion-cancellations")
+        connections.spawn(self._read_channel(pubsub, channel, dispatch), name=f"uplion-{channel}")
 
-    async def _read_cancellations(self, pubsub: PubSub) -> None:
+    async def _read_channel(
+        self, pubsub: PubSub, channel: str, dispatch: Callable[[bytes], None]
+    ) -> None:
         backoff = _BACKOFF_FIRST_S
         try:
             while True:
                 try:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
                 except RedisError as error:
-                    logger.warning("reading cancellations failed (%s); retrying in %.1f s",
-                                   error, backoff)
+                    logger.warning("reading %s failed (%s); retrying in %.1f s",
+                                   channel, error, backoff)
                     await asyncio.sleep(backoff)
                     backoff = _next_backoff(backoff)
                     continue
                 backoff = _BACKOFF_FIRST_S
                 if message is not None and message["type"] == "message":
-                    self._announce_cancellation(_text(message["data"]))
+                    dispatch(message["data"])
         finally:
             await _close_pubsub(pubsub)
 

@@ -170,6 +170,24 @@ async def usage(request: Request) -> Response:
 
 
 @admin_only
+async def list_models(request: Request) -> Response:
+    """Every model version: its health, replicas and backlog."""
+    state = state_of(request)
+    data = []
+    for route in state.catalog.routes():
+        backlog = await state.broker.backlog(route.topic, protocol.WORKER_GROUP)
+        health = state.health.of(route.spec.name, route.spec.version)
+        data.append({
+            "name": route.spec.name, "version": route.spec.version, "topic": route.topic,
+            "serves": route.spec.serves, "engine": route.spec.engine.kind,
+            "replicas": {"min": route.spec.replicas.min, "max": route.spec.replicas.max},
+            "backlog": {"waiting": backlog.waiting, "in_flight": backlog.in_flight},
+            "status": health.as_json(),
+        })
+    return _json({"object": "list", "data": data})
+
+
+@admin_only
 async def rebuild_cache(request: Request) -> Response:
     count = await state_of(request).accounts.rebuild_cache()
     return _json({"tokens": count})
@@ -188,6 +206,7 @@ def _moment(value: str | None, name: str) -> datetime | None:
 
 
 ROUTES = [
+    Route("/admin/models", list_models, methods=["GET"]),
     Route("/admin/users", list_users, methods=["GET"]),
     Route("/admin/users", create_user, methods=["POST"]),
     Route("/admin/users/{user_id}", get_user, methods=["GET"]),

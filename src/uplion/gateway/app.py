@@ -20,6 +20,7 @@ from uplion.gateway.admission import Admission, AdmissionUnavailable
 from uplion.gateway.auth import Authenticator
 from uplion.gateway.catalog import Catalog
 from uplion.gateway.exchange import ClientGone, Exchange
+from uplion.gateway.health import HealthBoard
 from uplion.gateway.metrics import GatewayMetrics
 from uplion.gateway.relay import Relay
 from uplion.gateway.state import GatewayState, state_of
@@ -38,11 +39,12 @@ def create_app(
     start the broker and the stores it was given (and local workers, if any)."""
     relay = Relay(source)
     metrics = GatewayMetrics()
-    exchange = Exchange(relay, metrics, admission, usage)
+    board = HealthBoard()
+    exchange = Exchange(relay, metrics, admission, usage, board)
     state = GatewayState(
         broker=source, catalog=catalog, relay=relay, metrics=metrics, exchange=exchange,
         auth=Authenticator(principals), admission=admission, accounts=accounts,
-        database=database,
+        database=database, health=board,
     )
 
     @contextlib.asynccontextmanager
@@ -51,6 +53,7 @@ def create_app(
             if lifespan is not None:
                 await stack.enter_async_context(lifespan(app))
             await relay.start()
+            await source.subscribe_status(board.record)
             state.ready = True
             log.info("gateway ready: reply address %s, models %s", relay.address, catalog.names())
             yield

@@ -24,6 +24,7 @@ from uplion.gateway import admission, errors
 from uplion.gateway.admission import Admission
 from uplion.gateway.catalog import Route
 from uplion.gateway.estimate import Estimate
+from uplion.gateway.health import HealthBoard
 from uplion.gateway.metrics import GatewayMetrics
 from uplion.gateway.relay import DeadlineExceeded, Inflight, Relay
 
@@ -34,9 +35,11 @@ class ClientGone(Exception):
 
 class Exchange:
     def __init__(
-        self, relay: Relay, metrics: GatewayMetrics, admission: Admission, usage: UsageStream
+        self, relay: Relay, metrics: GatewayMetrics, admission: Admission, usage: UsageStream,
+        health: HealthBoard,
     ) -> None:
         self.relay = relay
+        self.health = health
         self.metrics = metrics
         self.admission = admission
         self.usage = usage
@@ -46,7 +49,15 @@ class Exchange:
         self, route: Route, kind: protocol.Protocol, payload: dict[str, Any], stream: bool,
         caller: Principal, estimate: Estimate,
     ) -> Call:
-        """Admit and publish; a refusal raises ``errors.ApiError`` (429) with its headers."""
+        """Admit and publish; a Failed model raises ``errors.ApiError`` (503) at once, a refusal
+        by the limits a 429 with its headers."""
+        model_health = self.health.of(route.spec.name, route.spec.version)
+        if model_health.phase == "Failed":
+            self.metrics.requests.labels(route.spec.name, kind.value, "503").inc()
+            raise errors.ApiError(protocol.ErrorInfo(
+                f"The model `{route.spec.name}` has failed ({model_health.reason}): "
+                f"{model_health.message}", code="model_failed", status=503,
+            ))
         task_id = protocol.new_task_id()
         decision = await self.admission.admit(caller, task_id, estimate.total)
         if not decision.allowed:

@@ -71,7 +71,10 @@ async def model_metadata(request: Request) -> Response:
 
 async def model_ready(request: Request) -> Response:
     route, _ = await _route(request)
-    return json_response({"name": route.spec.name, "ready": True})
+    health = state_of(request).health.of(route.spec.name, route.spec.version)
+    return json_response({"name": route.spec.name, "ready": health.ready, "phase": health.phase,
+                          "reason": health.reason, "message": health.message},
+                         status=200 if health.ready else 503)
 
 
 async def infer(request: Request) -> Response:

@@ -17,7 +17,7 @@ from starlette.routing import Route
 from uplion import protocol, schemas
 from uplion.gateway import auth, catalog, errors, estimate
 from uplion.gateway.exchange import Call
-from uplion.gateway.state import state_of
+from uplion.gateway.state import GatewayState, state_of
 
 _encode = msgspec.json.Encoder().encode
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -33,7 +33,7 @@ def json_response(
 async def list_models(request: Request) -> Response:
     state = state_of(request)
     caller = await state.auth.authenticate(request.headers)
-    data = [_model_object(route, state.started) for route in state.catalog.routes()
+    data = [_model_object(state, route) for route in state.catalog.routes()
             if route.spec.version == state.catalog.versions(route.spec.name)[0]
             and caller.may_use(route.spec.name)]
     return json_response({"object": "list", "data": data})
@@ -46,12 +46,14 @@ async def retrieve_model(request: Request) -> Response:
     route = state.catalog.resolve(model)
     if route is None or not caller.may_use(route.spec.name):
         raise errors.model_not_found(model)
-    return json_response(_model_object(route, state.started))
+    return json_response(_model_object(state, route))
 
 
-def _model_object(route: catalog.Route, created: int) -> dict[str, Any]:
-    return {"id": route.spec.name, "object": "model", "created": created,
-            "owned_by": route.spec.owned_by}
+def _model_object(state: GatewayState, route: catalog.Route) -> dict[str, Any]:
+    """OpenAI's model object, plus uplion's ``status`` (phase, replicas, reason)."""
+    health = state.health.of(route.spec.name, route.spec.version)
+    return {"id": route.spec.name, "object": "model", "created": state.started,
+            "owned_by": route.spec.owned_by, "status": health.as_json()}
 
 
 async def _open(

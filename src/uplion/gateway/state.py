@@ -13,6 +13,7 @@ from uplion.gateway.admission import Admission
 from uplion.gateway.auth import Authenticator
 from uplion.gateway.catalog import Catalog
 from uplion.gateway.exchange import Exchange
+from uplion.gateway.health import HealthBoard
 from uplion.gateway.metrics import GatewayMetrics
 from uplion.gateway.relay import Relay
 
@@ -28,6 +29,7 @@ class GatewayState:
     admission: Admission
     accounts: AccountService
     database: Database
+    health: HealthBoard
     started: int = field(default_factory=lambda: int(time.time()))
     ready: bool = False
 

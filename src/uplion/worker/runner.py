@@ -4,6 +4,11 @@ There is no dispatcher. Each worker holds ``concurrency`` slots and asks the bro
 many tasks as it has free slots. A task is acknowledged after its last chunk is sent; on stop, the
 worker takes nothing new, finishes what it holds (drain) and gives back anything it could not
 start, so no task is lost.
+
+Every ``HEARTBEAT_S`` the worker announces its status (running, degraded, with its slots). An
+unrecoverable engine failure (bad configuration, every upstream key refused) is announced as
+``failed`` with its reason, answered to the request that met it with a 503, and stops the worker:
+its model fails fast at the gateway instead of failing each request slowly.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from uplion.worker.engines import base
 log = logging.getLogger(__name__)
 
 _TAKE_TIMEOUT_S = 1.0
+HEARTBEAT_S = 2.0
 
 
 def worker_name() -> str:
@@ -45,15 +51,18 @@ class Worker:
         self._stopping = asyncio.Event()
         self._deliveries = 0
         self.completed = 0
+        self.failure: base.Unrecoverable | None = None
+        self.started = time.time()
 
     @property
     def busy_slots(self) -> int:
         return len(self._running)
 
     async def run(self) -> None:
-        """Take and answer tasks until ``stop`` is called; then drain."""
+        """Take and answer tasks until ``stop`` is called (or the engine fails); then drain."""
         await self.broker.subscribe_cancellations(self._on_cancel)
         log.info("worker %s serving %s with %d slots", self.name, self.topic, self.spec.concurrency)
+        heartbeat = asyncio.create_task(self._heartbeat(), name=f"heartbeat-{self.name}")
         try:
             while not self._stopping.is_set():
                 free = self.spec.concurrency - len(self._running)
@@ -70,7 +79,42 @@ class Worker:
                     else:
                         self._start(delivery)
         finally:
+            heartbeat.cancel()
             await self._drain()
+            await self._announce("failed" if self.failure else "stopped")
+
+    async def fail(self, failure: base.Unrecoverable) -> None:
+        """The engine cannot serve: announce it and stop taking tasks."""
+        if self.failure is None:
+            log.error("model %s@%s failed (%s): %s", self.spec.name, self.spec.version,
+                      failure.reason, failure.message)
+        self.failure = failure
+        self.stop()
+        await self._announce("failed")
+
+    async def _heartbeat(self) -> None:
+        while True:
+            try:
+                health = self.engine.health()
+            except base.Unrecoverable as failure:
+                await self.fail(failure)
+                return
+            state: protocol.WorkerState = "running" if health.state == "ok" else "degraded"
+            try:
+                await self._announce(state, message=health.message)
+            except Exception as error:  # a broker hiccup must not stop the worker
+                log.warning("worker %s could not announce its status: %s", self.name, error)
+            await asyncio.sleep(HEARTBEAT_S)
+
+    async def _announce(self, state: protocol.WorkerState, message: str | None = None) -> None:
+        failure = self.failure
+        await self.broker.publish_status(protocol.WorkerStatus(
+            worker=self.name, model=self.spec.name, version=self.spec.version, state=state,
+            slots=self.spec.concurrency, busy=len(self._running), at=time.time(),
+            started=self.started,
+            reason=failure.reason if failure else None,
+            message=failure.message if failure else message,
+        ))
 
     def stop(self) -> None:
         """Take nothing new; ``run`` returns once held tasks are answered."""
@@ -140,6 +184,12 @@ class Worker:
             ))
         except base.EngineError as exc:
             await sender.fail(exc.error)
+        except base.Unrecoverable as failure:
+            await sender.fail(protocol.ErrorInfo(
+                f"The model `{self.spec.name}` has failed ({failure.reason}): {failure.message}",
+                code="model_failed", status=503,
+            ))
+            await self.fail(failure)
         except Exception:
             log.exception("task %s failed in engine %s", task.id, type(self.engine).__name__)
             await sender.fail(protocol.ErrorInfo(
