@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import urllib.parse
 from pathlib import Path
 
@@ -9,6 +10,11 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODELS_FILE = Path(__file__).parent / "defaults" / "models.yaml"
+
+
+def data_dir() -> Path:
+    """Where one machine keeps its state: ``UPLION_DATA_DIR`` or ``~/.local/share/uplion``."""
+    return Path(os.environ.get("UPLION_DATA_DIR") or "~/.local/share/uplion").expanduser()
 
 
 class Settings(BaseSettings):

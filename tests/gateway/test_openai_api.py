@@ -36,7 +36,7 @@ def client(served: helpers.Served) -> Iterator[openai.OpenAI]:
 
 def test_models_list_names_each_model_once(client: openai.OpenAI) -> None:
     ids = [model.id for model in client.models.list()]
-    assert ids == ["echo", "echo-slow", "echo-embed", "no-workers"]
+    assert ids == ["echo", "echo-slow", "echo-embed", "too-slow", "cold"]
     assert client.models.retrieve("echo").owned_by == "uplion"
 
 
@@ -186,11 +186,11 @@ def test_unknown_url_is_404_in_openai_shape(http: httpx.Client) -> None:
     assert response.json()["error"]["code"] == "unknown_url"
 
 
-def test_no_worker_means_504_at_the_deadline(client: openai.OpenAI) -> None:
+def test_no_answer_by_the_deadline_is_504(client: openai.OpenAI) -> None:
     started = time.monotonic()
     with pytest.raises(openai.APIStatusError) as caught:
         client.chat.completions.create(
-            model="no-workers", messages=[{"role": "user", "content": "x"}]
+            model="too-slow", messages=[{"role": "user", "content": "a b c d e f"}]
         )
     assert caught.value.status_code == 504
     assert "deadline" in caught.value.message

@@ -20,7 +20,6 @@ restarted is reconnected to on the next query.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -36,8 +35,9 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import DeclarativeBase
 
+from uplion import config
+
 MIGRATIONS = Path(__file__).parent / "migrations"
-DEFAULT_DATA_DIR = Path("~/.local/share/uplion")
 
 # Constraint names that are the same on every store, so migrations can name what they alter.
 _NAMING = {
@@ -60,8 +60,7 @@ class Base(DeclarativeBase):
 
 def default_url() -> str:
     """The embedded store of one machine, in ``UPLION_DATA_DIR`` (``~/.local/share/uplion``)."""
-    data_dir = Path(os.environ.get("UPLION_DATA_DIR") or DEFAULT_DATA_DIR).expanduser().absolute()
-    return f"sqlite+aiosqlite:///{data_dir / 'uplion.db'}"
+    return f"sqlite+aiosqlite:///{config.data_dir().absolute() / 'uplion.db'}"
 
 
 class Database:

@@ -10,6 +10,7 @@ app = typer.Typer(help="uplion: serve any AI model, local or remote, behind one 
                   no_args_is_help=True, add_completion=False)
 app.registered_commands.extend(serve.app.registered_commands)
 app.add_typer(admin.app, name="admin")
+app.command("status")(admin.status)
 
 
 def main() -> None:

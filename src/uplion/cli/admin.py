@@ -192,3 +192,15 @@ def usage(
 def rebuild_cache(url: str = UrlOption, token: str = TokenOption) -> None:
     """Reload every principal from the database into the cache."""
     _show(_call(url, token, "POST", "/admin/cache/rebuild"))
+
+
+def status(url: str = UrlOption, token: str = TokenOption) -> None:
+    """Each model's phase, replicas, backlog and reason."""
+    models = _call(url, token, "GET", "/admin/models")["data"]
+    typer.echo(f"{'MODEL':<32} {'PHASE':<9} {'REPLICAS':>8} {'WAITING':>8} {'IN FLIGHT':>9}  REASON")
+    for model in models:
+        state = model["status"]
+        name = f"{model['name']}@{model['version']}"
+        reason = " ".join(filter(None, [state["reason"], state["message"]]))
+        typer.echo(f"{name:<32} {state['phase']:<9} {state['replicas']:>8} "
+                   f"{model['backlog']['waiting']:>8} {model['backlog']['in_flight']:>9}  {reason}")

@@ -79,7 +79,11 @@ class Exchange:
             await self.admission.settle(caller, task_id, estimate.total, 0)
             raise
         self.metrics.inflight.set(self.relay.inflight)
-        return Call(self, route, inflight, caller, estimate, decision.headers)
+        headers = decision.headers
+        if model_health.phase == "Pending":  # cold start: say where the request waits
+            backlog = await self.relay.broker.backlog(route.topic, protocol.WORKER_GROUP)
+            headers = {**headers, "x-uplion-queue-position": str(backlog.waiting)}
+        return Call(self, route, inflight, caller, estimate, headers)
 
     def settle_later(self, call: Call, status: int, usage: protocol.Usage) -> None:
         """Emit the usage event; settle the reservation in the background if it matters."""

@@ -1,9 +1,10 @@
-"""The one-machine runtime: broker, gateway, workers and billing of every model in one process.
+"""The one-machine runtime: broker, gateway, workers and billing of every model, supervised.
 
-``uplion run`` uses it. On the embedded broker the workers live here, in the gateway's event loop;
-the same code runs on Redis Streams, where separate ``uplion worker`` processes may also serve.
-Replicas of a model share one loaded engine (weights are loaded once per process). The account
-store is migrated on start, and on an empty store the first admin and its token are created.
+``uplion run`` uses it. On the embedded broker the workers live here, in the gateway's event loop
+(replicas of a model share one loaded engine); on Redis Streams they are ``uplion worker``
+processes that this runtime starts and supervises. Either way the autoscaler holds each model at
+the replica count its backlog asks for (to zero when idle, if ``min`` is 0). The account store is
+migrated on start, and on an empty store the first admin and its token are created.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from collections.abc import AsyncIterator, Callable
 
 from starlette.applications import Starlette
 
-from uplion import billing, config, gateway, wiring, worker
+from uplion import billing, config, gateway, wiring
+from uplion.local.autoscaler import Autoscaler
+from uplion.local.replicas import InProcessReplicas, ProcessReplicas, Replicas
 from uplion.models import ModelSpec
-from uplion.worker import engines
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +32,20 @@ class LocalPlatform:
         self.backends = wiring.backends(settings)
         self.specs = specs
         self.catalog = gateway.Catalog(specs)
-        self.engines = {(spec.name, spec.version): engines.create(spec.engine) for spec in specs}
-        self.workers: list[worker.Worker] = []
+        self.autoscaler = Autoscaler(self.backends.broker, [self._replicas(s) for s in specs])
         self._tasks: list[asyncio.Task[None]] = []
         self.aggregator = billing.Aggregator(
             self.backends.usage, self.backends.database,
             flush_events=settings.billing_flush_events,
             flush_seconds=settings.billing_flush_seconds,
+        )
+
+    def _replicas(self, spec: ModelSpec) -> Replicas:
+        if self.settings.broker_url.startswith("memory:"):
+            return InProcessReplicas(self.backends.broker, spec)
+        return ProcessReplicas(
+            self.backends.broker, spec, self.settings.broker_url, self.settings.models_file,
+            config.data_dir() / "logs",
         )
 
     def app(self, on_ready: ReadyHook | None = None) -> Starlette:
@@ -63,27 +72,12 @@ class LocalPlatform:
             admin_token = await self.backends.accounts.bootstrap_admin()
             self._tasks.append(asyncio.create_task(self.aggregator.run(), name="billing"))
             try:
-                await self._start_workers()
+                await self.autoscaler.start()
+                self._tasks.append(asyncio.create_task(self.autoscaler.run(), name="autoscaler"))
                 yield admin_token
             finally:
-                await self._stop_workers()
-                for engine in self.engines.values():
-                    await engine.close()
+                self._tasks[-1].cancel()
+                await self.autoscaler.close()
                 self.aggregator.stop()
                 await asyncio.gather(*self._tasks, return_exceptions=True)
                 self._tasks.clear()
-
-    async def _start_workers(self) -> None:
-        for spec in self.specs:
-            engine = self.engines[(spec.name, spec.version)]
-            log.info("loading %s@%s (%s)", spec.name, spec.version, spec.engine.kind)
-            await engine.load()
-            for _ in range(spec.replicas.min):
-                replica = worker.Worker(self.backends.broker, spec, engine)
-                self.workers.append(replica)
-                self._tasks.append(asyncio.create_task(replica.run(), name=replica.name))
-
-    async def _stop_workers(self) -> None:
-        for replica in self.workers:
-            replica.stop()
-        self.workers.clear()

@@ -55,6 +55,10 @@ class Worker:
         self.started = time.time()
 
     @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    @property
     def busy_slots(self) -> int:
         return len(self._running)
 

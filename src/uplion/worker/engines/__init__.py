@@ -1,7 +1,8 @@
 """Engines by kind: ``create`` turns a model's engine spec into an engine, not yet loaded.
 
 Kinds: ``test-echo`` (protocol tests), ``smollm2`` (chat and completions), ``sentence-transformers``
-and ``onnx-embedding`` (embeddings). Options are checked here, so that a typo in a models file
+and ``onnx-embedding`` (embeddings), ``openai-upstream`` (an OpenAI-compatible provider, over a
+pool of accounts). Options are checked here, so that a typo in a models file
 fails when the worker starts rather than being ignored. The engine modules import PyTorch,
 transformers, sentence-transformers and onnxruntime only in ``load``: importing this package, or
 running ``test-echo``, needs none of them.
@@ -17,6 +18,7 @@ from uplion.models import EngineSpec
 from uplion.worker.engines import base
 from uplion.worker.engines.echo import EchoEngine
 from uplion.worker.engines.onnx_embedding import OnnxEmbeddingEngine
+from uplion.worker.engines.openai_upstream import OpenAIUpstreamEngine
 from uplion.worker.engines.sentence_embedding import SentenceTransformerEngine
 from uplion.worker.engines.smollm import SmolLM2Engine
 
@@ -62,6 +64,20 @@ class _Options:
             raise self._invalid(name, value, "a path")
         return Path(value).expanduser()
 
+    def text(self, name: str) -> str:
+        """A string option; ``""`` when absent (the engine says at load if it needs one)."""
+        value = self._options.get(name, "")
+        if not isinstance(value, str):
+            raise self._invalid(name, value, "a string")
+        return value
+
+    def mappings(self, name: str) -> list[Mapping[str, Any]]:
+        """A list of mappings (``accounts``); empty when absent. The engine checks their fields."""
+        value = self._options.get(name, [])
+        if not isinstance(value, list) or not all(isinstance(item, Mapping) for item in value):
+            raise self._invalid(name, value, "a list of mappings")
+        return value
+
     def _invalid(self, name: str, value: Any, expected: str) -> ValueError:
         return ValueError(
             f"engine {self._kind!r}: option {name!r} must be {expected}, not {value!r}"
@@ -95,6 +111,17 @@ def _onnx_embedding(options: _Options) -> base.Engine:
     )
 
 
+def _openai_upstream(options: _Options) -> base.Engine:
+    return OpenAIUpstreamEngine(
+        base_url=options.text("base_url"),
+        model=options.text("model"),
+        accounts=options.mappings("accounts"),
+        timeout_s=options.number("timeout_s", 60.0),
+        max_attempts=options.count("max_attempts", 4),
+        retest_interval_s=options.number("retest_interval_s", 30.0),
+    )
+
+
 _BUILDERS: dict[str, tuple[Callable[[_Options], base.Engine], frozenset[str]]] = {
     "test-echo": (_test_echo, frozenset({"token_delay_s"})),
     "smollm2": (_smollm2, frozenset({"cache_dir", "default_max_tokens", "threads"})),
@@ -102,6 +129,12 @@ _BUILDERS: dict[str, tuple[Callable[[_Options], base.Engine], frozenset[str]]] =
     "onnx-embedding": (
         _onnx_embedding,
         frozenset({"path", "threads", "batch_size", "max_length"}),
+    ),
+    "openai-upstream": (
+        _openai_upstream,
+        frozenset({
+            "base_url", "model", "accounts", "timeout_s", "max_attempts", "retest_interval_s",
+        }),
     ),
 }
 

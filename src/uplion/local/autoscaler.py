@@ -1,0 +1,60 @@
+"""Scales each model's local workers by its topic's backlog: the rule KEDA applies in a cluster.
+
+Every ``interval_s`` it reads each topic's backlog, asks the model's ``ScaleDecider`` for a
+replica count (up at once, down after ``idle_seconds``, to zero when ``min`` is 0) and has the
+model's ``Replicas`` start, drain or restart workers towards it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+from uplion import broker, protocol
+from uplion.local.replicas import Replicas
+from uplion.models import ScaleDecider
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Scaled:
+    replicas: Replicas
+    decider: ScaleDecider
+    backlog: broker.Backlog = field(default_factory=lambda: broker.Backlog(0, 0))
+
+
+class Autoscaler:
+    def __init__(self, source: broker.Broker, models: list[Replicas], interval_s: float = 0.5):
+        self.broker = source
+        self.interval_s = interval_s
+        self.models = [Scaled(replicas, ScaleDecider(replicas.spec.replicas))
+                       for replicas in models]
+
+    async def start(self) -> None:
+        """Bring every model to its minimum (loading engines of those that keep workers)."""
+        for model in self.models:
+            await model.replicas.scale(model.replicas.spec.replicas.min)
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            for model in self.models:
+                try:
+                    await self._step(model)
+                except Exception:
+                    log.exception("scaling %s failed", model.replicas.spec.name)
+
+    async def _step(self, model: Scaled) -> None:
+        spec = model.replicas.spec
+        model.backlog = await self.broker.backlog(
+            protocol.topic_for(spec.name, spec.version), protocol.WORKER_GROUP
+        )
+        target = model.decider.decide(model.replicas.target, model.backlog.total, time.monotonic())
+        await model.replicas.scale(target)
+
+    async def close(self) -> None:
+        for model in self.models:
+            await model.replicas.close()
