@@ -197,7 +197,8 @@ def rebuild_cache(url: str = UrlOption, token: str = TokenOption) -> None:
 def status(url: str = UrlOption, token: str = TokenOption) -> None:
     """Each model's phase, replicas, backlog and reason."""
     models = _call(url, token, "GET", "/admin/models")["data"]
-    typer.echo(f"{'MODEL':<32} {'PHASE':<9} {'REPLICAS':>8} {'WAITING':>8} {'IN FLIGHT':>9}  REASON")
+    header = f"{'MODEL':<32} {'PHASE':<9} {'REPLICAS':>8} {'WAITING':>8} {'IN FLIGHT':>9}"
+    typer.echo(f"{header}  REASON")
     for model in models:
         state = model["status"]
         name = f"{model['name']}@{model['version']}"
