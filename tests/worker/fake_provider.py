@@ -149,14 +149,15 @@ class FakeProvider:
     async def _answer(
         self, request: Request, body: dict[str, Any], text: str, prompt: str, chat: bool
     ) -> Response:
-        if body.get("stream") is not True:
-            return _error(400, "this fake provider only streams")
-        if float(body.get("temperature", 1.0)) > 2:
-            return _error(400, "temperature must be at most 2", param="temperature")
         key = _key(request)
         refusal = await self._begin(key)
         if refusal is not None:
             return refusal
+        if body.get("stream") is not True or float(body.get("temperature", 1.0)) > 2:
+            self._end(key)
+            if body.get("stream") is not True:
+                return _error(400, "this fake provider only streams")
+            return _error(400, "temperature must be at most 2", param="temperature")
         with self._lock:
             script = self._scripts.get(key, Script())
         words = text.split()
