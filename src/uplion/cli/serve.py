@@ -19,6 +19,7 @@ from uplion.accounts import default_url, migrate
 from uplion.local.runtime import LocalPlatform
 from uplion.models import ModelSpec, load_models_file
 from uplion.worker import engines
+from uplion.worker.engines.base import Engine, Unrecoverable
 
 app = typer.Typer()
 
@@ -139,30 +140,49 @@ def worker_command(
     model: str = typer.Option(..., "--model", help="Model to serve: NAME or NAME@VERSION."),
     models: Path | None = ModelsOption, broker_url: str | None = BrokerOption,
     concurrency: int | None = typer.Option(None, "--concurrency", "-c", help="Task slots."),
+    name: str | None = typer.Option(None, "--name", help="Worker name in statuses and logs."),
 ) -> None:
-    """Serve one model: pull its tasks when a slot is free; SIGTERM drains and exits."""
+    """Serve one model: pull its tasks when a slot is free; SIGTERM drains and exits.
+
+    Exits with status 3 when the model cannot be served (its failure is announced first)."""
     settings = _settings(models, broker_url)
-    name, _, version = model.partition("@")
+    model_name, _, version = model.partition("@")
     spec = next((s for s in _specs(settings)
-                 if s.name == name and (not version or s.version == version)), None)
+                 if s.name == model_name and (not version or s.version == version)), None)
     if spec is None:
         raise typer.BadParameter(f"{model} is not in {settings.models_file}", param_hint="--model")
     if concurrency is not None:
         spec = spec.model_copy(update={"concurrency": concurrency})
-    uvloop.run(_run_worker(settings.broker_url, spec))
+    if not uvloop.run(_run_worker(settings.broker_url, spec, name)):
+        raise typer.Exit(EXIT_UNRECOVERABLE)
 
 
-async def _run_worker(broker_url: str, spec: ModelSpec) -> None:
+EXIT_UNRECOVERABLE = 3
+
+
+async def _run_worker(broker_url: str, spec: ModelSpec, name: str | None) -> bool:
+    """Serve until stopped; ``False`` when the model failed unrecoverably."""
     source = broker.connect(broker_url)
     await source.start()
-    engine = engines.create(spec.engine)
+    name = name or worker.worker_name()
+    engine: Engine | None = None
     try:
-        await engine.load()
-        replica = worker.Worker(source, spec, engine)
+        try:
+            engine = engines.create(spec.engine)
+            await engine.load()
+        except (ValueError, Unrecoverable) as error:
+            failure = (error if isinstance(error, Unrecoverable)
+                       else Unrecoverable("InvalidConfig", str(error)))
+            await worker.announce_failure(source, spec, name, failure)
+            return False
+        replica = worker.Worker(source, spec, engine, name)
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, replica.stop)
         await replica.run()
+        return replica.failure is None
     finally:
-        await engine.close()
+        if engine is not None:
+            await engine.close()
         await source.close()
+

@@ -60,9 +60,8 @@ class Replicas(abc.ABC):
         await self._reap()
         while self.count > self.target:
             await self._stop_one()
-        if self.count < self.target and time.monotonic() >= self._restart_after:
-            while self.count < self.target:
-                await self._start_one()
+        while self.count < self.target and time.monotonic() >= self._restart_after:
+            await self._start_one()  # a start that fails sets a backoff, ending the loop
 
     async def crashed(self, detail: str) -> None:
         """A replica died: back off before restarting; fail the model on repeated deaths."""
@@ -117,19 +116,20 @@ class InProcessReplicas(Replicas):
 
     async def _start_one(self) -> None:
         if self._engine is None:
-            engine = engines.create(self.spec.engine)
             log.info("loading %s@%s (%s)", self.spec.name, self.spec.version,
                      self.spec.engine.kind)
-            replica = worker.Worker(self.broker, self.spec, engine)
             try:
+                engine = engines.create(self.spec.engine)
                 await engine.load()
-            except engines.base.Unrecoverable as failure:
-                await replica.fail(failure)
+            except (ValueError, engines.base.Unrecoverable) as error:
+                failure = (error if isinstance(error, engines.base.Unrecoverable)
+                           else engines.base.Unrecoverable("InvalidConfig", str(error)))
+                await worker.announce_failure(self.broker, self.spec, worker.worker_name(),
+                                              failure)
                 await self.crashed(f"{failure.reason}: {failure.message}")
                 return
             self._engine = engine
-        else:
-            replica = worker.Worker(self.broker, self.spec, self._engine)
+        replica = worker.Worker(self.broker, self.spec, self._engine)
         self._workers[replica] = asyncio.create_task(replica.run(), name=replica.name)
 
     async def _stop_one(self) -> None:
@@ -179,6 +179,8 @@ class ProcessReplicas(Replicas):
         self._processes: list[asyncio.subprocess.Process] = []
         self._draining: list[asyncio.subprocess.Process] = []
         self._started: dict[int, float] = {}
+        self._names: dict[int, str] = {}
+        self._serial = 0
 
     @property
     def count(self) -> int:
@@ -187,15 +189,18 @@ class ProcessReplicas(Replicas):
     async def _start_one(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_file = self.log_dir / f"{self.spec.name}@{self.spec.version}.log"
+        self._serial += 1
+        name = f"{worker.worker_name()}-{self._serial}"
         with log_file.open("ab") as out:
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "uplion", "worker", "--model",
                 f"{self.spec.name}@{self.spec.version}", "--models", str(self.models_file),
-                "--broker", self.broker_url,
+                "--broker", self.broker_url, "--name", name,
                 stdout=out, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
             )
         self._processes.append(process)
         self._started[process.pid] = time.monotonic()
+        self._names[process.pid] = name
         log.info("started worker process %d for %s@%s (log: %s)", process.pid, self.spec.name,
                  self.spec.version, log_file)
 
@@ -214,6 +219,11 @@ class ProcessReplicas(Replicas):
                 continue
             self._processes.remove(process)
             self._started.pop(process.pid, None)
+            name = self._names.pop(process.pid, "")
+            await self.broker.publish_status(protocol.WorkerStatus(  # it cannot say so itself
+                worker=name, model=self.spec.name, version=self.spec.version, state="stopped",
+                slots=self.spec.concurrency, busy=0, at=time.time(),
+            ))
             await self.crashed(f"process {process.pid} exited with {code}")
 
     async def close(self) -> None:

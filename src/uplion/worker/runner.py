@@ -35,6 +35,20 @@ def worker_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
+async def announce_failure(
+    source: broker.Broker, spec: ModelSpec, name: str, failure: base.Unrecoverable
+) -> None:
+    """Tell the gateways that ``spec`` cannot be served, when no worker could even start."""
+    log.error("model %s@%s failed (%s): %s", spec.name, spec.version, failure.reason,
+              failure.message)
+    now = time.time()
+    await source.publish_status(protocol.WorkerStatus(
+        worker=name, model=spec.name, version=spec.version, state="failed",
+        slots=spec.concurrency, busy=0, at=now, started=now, reason=failure.reason,
+        message=failure.message,
+    ))
+
+
 class Worker:
     def __init__(
         self, source: broker.Broker, spec: ModelSpec, engine: base.Engine, name: str | None = None

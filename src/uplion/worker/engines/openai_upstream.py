@@ -2,8 +2,10 @@
 
 Options: ``base_url`` (the provider's API root, e.g. ``https://api.openai.com/v1``), ``model``
 (the upstream model name), ``accounts`` (a list of ``{name, api_key_env | api_key_file,
-max_concurrency, requests_per_minute, tokens_per_minute}``), ``timeout_s``, ``max_attempts`` and
-``retest_interval_s``. Which account serves a request is the pool's choice (``account_pool``).
+max_concurrency, requests_per_minute, tokens_per_minute}``), ``timeout_s`` (the longest wait for
+each upstream read, and for a request to find an account across its tries), ``max_attempts`` and
+``retest_interval_s`` (how often a refused key is tried again). Which account serves a request is
+the pool's choice (``account_pool``).
 
 Chat and completions always stream upstream, so deltas pass through chunk by chunk; usage comes
 from the upstream's usage chunk. A request that fails before any text reached the caller is tried
@@ -90,7 +92,7 @@ class OpenAIUpstreamEngine(base.Engine):
             self._pool.read_keys()
             await self._pool.check()
             if self._pool.all_dead:
-                raise self._all_refused(self._pool)
+                raise _all_refused(self.base_url, self._pool)
         except account_pool.KeyUnavailable as error:
             await self.close()
             raise base.Unrecoverable("InvalidConfig", str(error)) from None
@@ -112,7 +114,7 @@ class OpenAIUpstreamEngine(base.Engine):
         if pool is None:
             return base.EngineHealth()
         if pool.all_dead:
-            raise self._all_refused(pool)
+            raise _all_refused(self.base_url, pool)
         down = pool.down()
         if not down:
             return base.EngineHealth()
@@ -201,11 +203,12 @@ class OpenAIUpstreamEngine(base.Engine):
             raise RuntimeError("the openai-upstream engine is not loaded")
         return self._client, self._pool
 
-    def _all_refused(self, pool: account_pool.AccountPool) -> base.Unrecoverable:
-        return base.Unrecoverable("AllAccountsUnauthorized", (
-            f"every upstream account of {self.base_url} had its key refused "
-            f"({', '.join(pool.down())}); fix the keys in their files or environment variables"
-        ))
+
+def _all_refused(base_url: str, pool: account_pool.AccountPool) -> base.Unrecoverable:
+    return base.Unrecoverable("AllAccountsUnauthorized", (
+        f"every upstream account of {base_url} had its key refused ({', '.join(pool.down())}); "
+        "fix the keys in their files or environment variables"
+    ))
 
 
 class _Failure(Exception):
@@ -243,7 +246,7 @@ class _Tries:
         try:
             return await self.pool.acquire(self.deadline - time.monotonic(), self.failed_on)
         except account_pool.AllAccountsDead:
-            raise self.engine._all_refused(self.pool) from None
+            raise _all_refused(self.engine.base_url, self.pool) from None
         except TimeoutError:
             raise self._exhausted() from None
 
