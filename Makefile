@@ -50,7 +50,9 @@ pytest: $(STAMP) system-packages
 
 bench: $(STAMP)
 	$(MAKE) system-packages TEST_PACKAGES="$(TEST_PACKAGES) $(BENCH_PACKAGES)"
-	$(BIN)/python bench/overhead.py
+	$(BIN)/python -m bench.overhead
+	$(BIN)/python -m bench.admission
+	$(BIN)/python -m bench.upstream
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

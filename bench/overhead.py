@@ -7,7 +7,7 @@ Each broker is measured twice: with a token that has no limits ("auth": authenti
 and with a token that has requests- and tokens-per-minute limits and a quota ("limits": one
 admission script and one settlement per request; in Redis for the Redis run).
 
-    .venv/bin/python bench/overhead.py [--duration 5] [--concurrency 1,16,64]
+    .venv/bin/python -m bench.overhead [--duration 5] [--concurrency 1,16,64]
 """
 
 from __future__ import annotations
