@@ -19,7 +19,8 @@ from pathlib import Path
 
 from tests.worker.fake_provider import FakeProvider
 
-from bench.overhead import HIGH_LIMITS, Figures, free_port, server, tokens, wrk
+from bench.overhead import HIGH_LIMITS, Figures, server, tokens, wrk
+from bench.services import free_port
 
 KEYS = [f"sk-bench-{index}" for index in range(4)]
 BODY = ('{"model":"%s","stream":true,"stream_options":{"include_usage":true},'

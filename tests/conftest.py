@@ -5,11 +5,13 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 import redis
+import redis.asyncio
 
 from tests.ports import free_port
 from tests.stores import (
@@ -61,3 +63,11 @@ def clean_redis(redis_url: str) -> str:
     client.flushall()
     client.close()
     return redis_url
+
+
+@pytest_asyncio.fixture(loop_scope="function")
+async def raw(clean_redis: str) -> AsyncIterator[redis.asyncio.Redis]:
+    """A plain client of the emptied Redis, to look at (or spoil) what a component wrote."""
+    client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(clean_redis)
+    yield client
+    await client.aclose()

@@ -70,12 +70,6 @@ async def make_cache(request: pytest.FixtureRequest) -> AsyncIterator[MakeCache]
         await instance.close()
 
 
-@pytest_asyncio.fixture(loop_scope="function")
-async def raw(clean_redis: str) -> AsyncIterator[redis.asyncio.Redis]:
-    client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(clean_redis)
-    yield client
-    await client.aclose()
-
 
 async def eventually(check: Callable[[], Awaitable[bool]], within_s: float = 1.0) -> float:
     """Seconds until ``check()`` holds; fails after ``within_s``."""

@@ -119,12 +119,6 @@ async def make_stream(clean_redis: str) -> AsyncIterator[MakeStream]:
         await instance.close()
 
 
-@pytest_asyncio.fixture(loop_scope="function")
-async def raw(clean_redis: str) -> AsyncIterator[redis.asyncio.Redis]:
-    client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(clean_redis)
-    yield client
-    await client.aclose()
-
 
 async def pending(raw: redis.asyncio.Redis) -> dict[str, str]:
     """Entry id -> consumer, for every entry pending in the billing group."""

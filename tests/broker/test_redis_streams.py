@@ -44,13 +44,6 @@ async def make_broker(clean_redis: str) -> AsyncIterator[MakeBroker]:
         await instance.close()
 
 
-@pytest_asyncio.fixture(loop_scope="function")
-async def raw(clean_redis: str) -> AsyncIterator[redis.asyncio.Redis]:
-    """A plain client, to look at (or spoil) what the broker wrote."""
-    client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(clean_redis)
-    yield client
-    await client.aclose()
-
 
 def make_task(task_id: str, reply_to: str = "gw-test", ttl: float = 30.0) -> protocol.Task:
     return protocol.Task(
