@@ -38,6 +38,15 @@ class ChatMessage(msgspec.Struct):
     name: str | None = None
 
 
+def content_text(content: str | list[dict[str, Any]] | None) -> str:
+    """A message's text: OpenAI content is a string or a list of parts (text parts count)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
+    return ""
+
+
 class ChatRequest(msgspec.Struct):
     model: str
     messages: Annotated[list[ChatMessage], msgspec.Meta(min_length=1)]

@@ -8,7 +8,6 @@ gives none, ``DEFAULT_OUTPUT_TOKENS``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from uplion import schemas
 
@@ -30,16 +29,8 @@ def _tokens(text: str) -> int:
     return len(text) // _CHARS_PER_TOKEN + 1
 
 
-def _content(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return " ".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
-    return ""
-
-
 def chat(body: schemas.ChatRequest) -> Estimate:
-    prompt = sum(_tokens(_content(message.content)) + 4 for message in body.messages)
+    prompt = sum(_tokens(schemas.content_text(message.content)) + 4 for message in body.messages)
     output = body.max_completion_tokens or body.max_tokens or DEFAULT_OUTPUT_TOKENS
     return Estimate(prompt, output)
 

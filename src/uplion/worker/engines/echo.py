@@ -12,7 +12,7 @@ import hashlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-from uplion import protocol
+from uplion import protocol, schemas
 from uplion.worker.engines import base
 
 _DIMENSIONS = 8
@@ -31,9 +31,9 @@ class EchoEngine(base.Engine):
         text = ""
         for message in reversed(messages):
             if message.get("role") == "user":
-                text = _content_text(message.get("content"))
+                text = schemas.content_text(message.get("content"))
                 break
-        prompt_words = sum(len(_content_text(m.get("content")).split()) for m in messages)
+        prompt_words = sum(len(schemas.content_text(m.get("content")).split()) for m in messages)
         return self._words(text, prompt_words, params)
 
     def complete(self, prompt: str, params: base.GenerationParams) -> AsyncIterator[base.TextDelta]:
@@ -58,15 +58,6 @@ class EchoEngine(base.Engine):
         finish = "length" if len(produced) < len(words) else "stop"
         usage = protocol.Usage(prompt_tokens=prompt_tokens, completion_tokens=len(produced))
         yield base.TextDelta(text="", finish_reason=finish, usage=usage)
-
-
-def _content_text(content: Any) -> str:
-    """OpenAI content is a string or a list of parts; only text parts count here."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return " ".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
-    return ""
 
 
 def _vector(text: str) -> list[float]:
