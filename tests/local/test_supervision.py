@@ -23,8 +23,9 @@ MODELS = """models:
 """
 
 
-def worker_pids(models_file: Path) -> list[int]:
-    found = subprocess.run(["pgrep", "-f", f"uplion worker .*{models_file}"],
+def worker_pids(under: Path) -> list[int]:
+    """The worker processes whose models file (written by the runtime) lies under ``under``."""
+    found = subprocess.run(["pgrep", "-f", f"uplion worker .*{under}"],
                            capture_output=True, text=True, check=False)
     return [int(pid) for pid in found.stdout.split()]
 
@@ -52,10 +53,10 @@ def test_killed_workers_are_restarted_and_crash_loops_fail_the_model(
     models_file.write_text(MODELS)
     with helpers.platform(tmp_path, models_file, clean_redis, timeout=90) as served:
         wait_for(lambda: echo_status(served)["phase"] == "Running", 30, "a running worker")
-        [first] = worker_pids(models_file)
+        [first] = worker_pids(tmp_path)
 
         os.kill(first, signal.SIGKILL)
-        wait_for(lambda: worker_pids(models_file) not in ([], [first]), 20, "a restart")
+        wait_for(lambda: worker_pids(tmp_path) not in ([], [first]), 20, "a restart")
         wait_for(lambda: echo_status(served)["phase"] == "Running", 30, "Running again")
         chat = {"model": "echo", "messages": [{"role": "user", "content": "back"}]}
         answer = httpx.post(f"{served.url}/v1/chat/completions", json=chat,
@@ -63,10 +64,10 @@ def test_killed_workers_are_restarted_and_crash_loops_fail_the_model(
         assert answer.status_code == 200
 
         for _ in range(2):  # with the first kill: three deaths within a minute
-            wait_for(lambda: bool(worker_pids(models_file)), 30, "a worker to kill")
-            for pid in worker_pids(models_file):
+            wait_for(lambda: bool(worker_pids(tmp_path)), 30, "a worker to kill")
+            for pid in worker_pids(tmp_path):
                 os.kill(pid, signal.SIGKILL)
-            wait_for(lambda: not worker_pids(models_file), 5, "the kill")
+            wait_for(lambda: not worker_pids(tmp_path), 5, "the kill")
         wait_for(lambda: echo_status(served)["phase"] == "Failed", 15, "Failed")
         assert echo_status(served)["reason"] == "CrashLoopBackOff"
         wait_for(lambda: echo_status(served)["phase"] == "Running", 40, "recovery")

@@ -16,6 +16,7 @@ from starlette.routing import Route
 from uplion import billing, broker, protocol, schemas
 from uplion.accounts import AccountService, Database, PrincipalCache
 from uplion.gateway import admin, authz, errors, kserve_v2, openai
+from uplion.gateway import deployments as deployment_api
 from uplion.gateway.admission import Admission, AdmissionUnavailable
 from uplion.gateway.auth import Authenticator
 from uplion.gateway.catalog import Catalog
@@ -24,6 +25,7 @@ from uplion.gateway.health import HealthBoard
 from uplion.gateway.metrics import GatewayMetrics
 from uplion.gateway.relay import Relay
 from uplion.gateway.state import GatewayState, state_of
+from uplion.models.deployment import DeploymentBackend
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +35,8 @@ Lifespan = Callable[[Starlette], AbstractAsyncContextManager[None]]
 def create_app(
     source: broker.Broker, catalog: Catalog, *, principals: PrincipalCache,
     admission: Admission, usage: billing.UsageStream, accounts: AccountService,
-    database: Database, lifespan: Lifespan | None = None,
+    database: Database, deployments: DeploymentBackend | None = None,
+    lifespan: Lifespan | None = None,
 ) -> Starlette:
     """The gateway app. ``lifespan`` (if any) runs around the gateway's own start-up and must
     start the broker and the stores it was given (and local workers, if any)."""
@@ -44,7 +47,7 @@ def create_app(
     state = GatewayState(
         broker=source, catalog=catalog, relay=relay, metrics=metrics, exchange=exchange,
         auth=Authenticator(principals), admission=admission, accounts=accounts,
-        database=database, health=board,
+        database=database, health=board, deployments=deployments,
     )
 
     @contextlib.asynccontextmanager
@@ -62,6 +65,7 @@ def create_app(
 
     app = Starlette(
         routes=[*openai.ROUTES, *kserve_v2.ROUTES, *admin.ROUTES, *authz.ROUTES,
+                *deployment_api.ROUTES,
                 Route("/metrics", metrics_endpoint)],
         exception_handlers={
             errors.ApiError: _api_error,

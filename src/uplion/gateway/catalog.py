@@ -23,10 +23,25 @@ class Catalog:
     def __init__(self, specs: list[ModelSpec]) -> None:
         self._versions: dict[str, dict[str, Route]] = {}
         for spec in specs:
-            versions = self._versions.setdefault(spec.name, {})
-            if spec.version in versions:
-                raise ValueError(f"model {spec.name}@{spec.version} is listed twice")
-            versions[spec.version] = Route(spec, protocol.topic_for(spec.name, spec.version))
+            self.add(spec)
+
+    def add(self, spec: ModelSpec) -> Route:
+        versions = self._versions.setdefault(spec.name, {})
+        if spec.version in versions:
+            raise ValueError(f"model {spec.name}@{spec.version} exists already")
+        route = versions[spec.version] = Route(spec, protocol.topic_for(spec.name, spec.version))
+        return route
+
+    def replace(self, spec: ModelSpec) -> None:
+        self._versions[spec.name][spec.version] = Route(
+            spec, protocol.topic_for(spec.name, spec.version)
+        )
+
+    def remove(self, name: str, version: str) -> None:
+        versions = self._versions.get(name, {})
+        versions.pop(version, None)
+        if not versions:
+            self._versions.pop(name, None)
 
     def names(self) -> list[str]:
         return list(self._versions)

@@ -16,6 +16,7 @@ from uplion.gateway.exchange import Exchange
 from uplion.gateway.health import HealthBoard
 from uplion.gateway.metrics import GatewayMetrics
 from uplion.gateway.relay import Relay
+from uplion.models.deployment import DeploymentBackend
 
 
 @dataclass
@@ -30,6 +31,7 @@ class GatewayState:
     accounts: AccountService
     database: Database
     health: HealthBoard
+    deployments: DeploymentBackend | None = None
     started: int = field(default_factory=lambda: int(time.time()))
     ready: bool = False
 

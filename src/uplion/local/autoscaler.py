@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from uplion import broker, protocol
 from uplion.local.replicas import Replicas
-from uplion.models import ScaleDecider
+from uplion.models import ModelSpec, ScaleDecider
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,30 @@ class Autoscaler:
         """Bring every model to its minimum (loading engines of those that keep workers)."""
         for model in self.models:
             await model.replicas.scale(model.replicas.spec.replicas.min)
+
+    async def add(self, replicas: Replicas) -> None:
+        """Scale one more model, starting its minimum at once."""
+        self.models.append(Scaled(replicas, ScaleDecider(replicas.spec.replicas)))
+        await replicas.scale(replicas.spec.replicas.min)
+
+    async def replace(self, spec: ModelSpec) -> None:
+        """New replica bounds or concurrency for a model: applied by restarting its replicas."""
+        model = self._find(spec.name, spec.version)
+        model.replicas.spec = spec
+        model.decider = ScaleDecider(spec.replicas)
+        await model.replicas.restart()
+
+    async def remove(self, name: str, version: str) -> None:
+        """Stop scaling a model and drain its workers."""
+        model = self._find(name, version)
+        self.models.remove(model)
+        await model.replicas.close()
+
+    def _find(self, name: str, version: str) -> Scaled:
+        for model in self.models:
+            if (model.replicas.spec.name, model.replicas.spec.version) == (name, version):
+                return model
+        raise KeyError(f"{name}@{version} is not scaled here")
 
     async def run(self) -> None:
         while True:

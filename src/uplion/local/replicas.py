@@ -19,8 +19,10 @@ import time
 from collections import deque
 from pathlib import Path
 
+import yaml
+
 from uplion import broker, protocol, worker
-from uplion.models import ModelSpec
+from uplion.models import ModelsFile, ModelSpec
 from uplion.worker import engines
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,7 @@ class Replicas(abc.ABC):
         self._crashes: deque[float] = deque()
         self._backoff = BACKOFF_FIRST_S
         self._restart_after = 0.0
+        self._lock = asyncio.Lock()  # one change at a time: scaling, restarting, closing
 
     @property
     @abc.abstractmethod
@@ -49,13 +52,14 @@ class Replicas(abc.ABC):
         """Replicas started and not yet stopping."""
 
     async def scale(self, target: int) -> None:
-        if target != self.target:
-            log.info("scaling %s@%s from %d to %d replicas", self.spec.name, self.spec.version,
-                     self.target, target)
-        self.target = target
-        await self.reconcile()
+        async with self._lock:
+            if target != self.target:
+                log.info("scaling %s@%s from %d to %d replicas", self.spec.name,
+                         self.spec.version, self.target, target)
+            self.target = target
+            await self._reconcile()
 
-    async def reconcile(self) -> None:
+    async def _reconcile(self) -> None:
         """Start or drain replicas towards the target; restart dead ones when backoff allows."""
         await self._reap()
         while self.count > self.target:
@@ -82,6 +86,17 @@ class Replicas(abc.ABC):
                 f"last: {detail}",
             ))
 
+    async def restart(self) -> None:
+        """Drain every replica and start them again with the current spec."""
+        async with self._lock:
+            await self._close()
+            await self._reconcile()
+
+    async def close(self) -> None:
+        """Drain every replica."""
+        async with self._lock:
+            await self._close()
+
     def healthy(self) -> None:
         """A replica has served: forget the backoff."""
         self._backoff = BACKOFF_FIRST_S
@@ -97,8 +112,7 @@ class Replicas(abc.ABC):
         """Notice replicas that ended on their own (crashed, or failed) and forget them."""
 
     @abc.abstractmethod
-    async def close(self) -> None:
-        """Drain every replica."""
+    async def _close(self) -> None: ...
 
 
 class InProcessReplicas(Replicas):
@@ -155,7 +169,7 @@ class InProcessReplicas(Replicas):
             await self._engine.close()
             self._engine = None
 
-    async def close(self) -> None:
+    async def _close(self) -> None:
         for replica in self._workers:
             replica.stop()
         await asyncio.gather(*self._workers.values(), *self._draining, return_exceptions=True)
@@ -169,13 +183,12 @@ class ProcessReplicas(Replicas):
     """Workers as ``uplion worker`` processes on a shared broker (Redis)."""
 
     def __init__(
-        self, source: broker.Broker, spec: ModelSpec, broker_url: str, models_file: Path,
-        log_dir: Path,
+        self, source: broker.Broker, spec: ModelSpec, broker_url: str, state_dir: Path
     ) -> None:
         super().__init__(source, spec)
         self.broker_url = broker_url
-        self.models_file = models_file
-        self.log_dir = log_dir
+        self.log_dir = state_dir / "logs"
+        self.specs_dir = state_dir / "specs"
         self._processes: list[asyncio.subprocess.Process] = []
         self._draining: list[asyncio.subprocess.Process] = []
         self._started: dict[int, float] = {}
@@ -188,13 +201,19 @@ class ProcessReplicas(Replicas):
 
     async def _start_one(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        log_file = self.log_dir / f"{self.spec.name}@{self.spec.version}.log"
+        self.specs_dir.mkdir(parents=True, exist_ok=True)
+        label = f"{self.spec.name}@{self.spec.version}"
+        log_file = self.log_dir / f"{label}.log"
+        models_file = self.specs_dir / f"{label}.yaml"  # the worker's own: this spec alone
+        models_file.write_text(yaml.safe_dump(
+            ModelsFile(models=[self.spec]).model_dump(mode="json")
+        ))
         self._serial += 1
         name = f"{worker.worker_name()}-{self._serial}"
         with log_file.open("ab") as out:
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "uplion", "worker", "--model",
-                f"{self.spec.name}@{self.spec.version}", "--models", str(self.models_file),
+                label, "--models", str(models_file),
                 "--broker", self.broker_url, "--name", name,
                 stdout=out, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
             )
@@ -226,7 +245,7 @@ class ProcessReplicas(Replicas):
             ))
             await self.crashed(f"process {process.pid} exited with {code}")
 
-    async def close(self) -> None:
+    async def _close(self) -> None:
         for process in self._processes:
             process.send_signal(signal.SIGTERM)
         self._draining.extend(self._processes)

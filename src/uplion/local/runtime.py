@@ -18,6 +18,7 @@ from starlette.applications import Starlette
 
 from uplion import billing, config, gateway, wiring
 from uplion.local.autoscaler import Autoscaler
+from uplion.local.deployments import LocalDeployments
 from uplion.local.replicas import InProcessReplicas, ProcessReplicas, Replicas
 from uplion.models import ModelSpec
 
@@ -33,6 +34,9 @@ class LocalPlatform:
         self.specs = specs
         self.catalog = gateway.Catalog(specs)
         self.autoscaler = Autoscaler(self.backends.broker, [self._replicas(s) for s in specs])
+        self.deployments = LocalDeployments(
+            self.catalog, self.autoscaler, self._replicas, config.data_dir() / "deployments.json"
+        )
         self._tasks: list[asyncio.Task[None]] = []
         self.aggregator = billing.Aggregator(
             self.backends.usage, self.backends.database,
@@ -44,8 +48,7 @@ class LocalPlatform:
         if self.settings.broker_url.startswith("memory:"):
             return InProcessReplicas(self.backends.broker, spec)
         return ProcessReplicas(
-            self.backends.broker, spec, self.settings.broker_url, self.settings.models_file,
-            config.data_dir() / "logs",
+            self.backends.broker, spec, self.settings.broker_url, config.data_dir()
         )
 
     def app(self, on_ready: ReadyHook | None = None) -> Starlette:
@@ -63,7 +66,7 @@ class LocalPlatform:
         return gateway.create_app(
             backends.broker, self.catalog, principals=backends.principals,
             admission=backends.admission, usage=backends.usage, accounts=backends.accounts,
-            database=backends.database, lifespan=lifespan,
+            database=backends.database, deployments=self.deployments, lifespan=lifespan,
         )
 
     @contextlib.asynccontextmanager
@@ -73,6 +76,7 @@ class LocalPlatform:
             self._tasks.append(asyncio.create_task(self.aggregator.run(), name="billing"))
             try:
                 await self.autoscaler.start()
+                await self.deployments.restore()
                 self._tasks.append(asyncio.create_task(self.autoscaler.run(), name="autoscaler"))
                 yield admin_token
             finally:

@@ -1,0 +1,132 @@
+"""``/v1/modelDeployment``: create, read, change and delete model deployments (admin token).
+
+The API is the same everywhere; what a deployment becomes depends on the backend the gateway is
+given: worker replicas of the local runtime on one machine, ``AIModel`` objects in a cluster.
+Answers carry the model's live status and the URLs to call it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import pydantic
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from uplion import protocol, schemas
+from uplion.gateway import errors
+from uplion.gateway.admin import admin_only
+from uplion.gateway.openai import json_response
+from uplion.gateway.state import GatewayState, state_of
+from uplion.models.deployment import (
+    Deployment,
+    DeploymentBackend,
+    DeploymentConflict,
+    DeploymentNotFound,
+    DeploymentPatch,
+    DeploymentRequest,
+)
+
+T = TypeVar("T", bound=pydantic.BaseModel)
+
+
+def _backend(request: Request) -> DeploymentBackend:
+    backend = state_of(request).deployments
+    if backend is None:
+        raise errors.ApiError(protocol.ErrorInfo(
+            "This gateway has no deployment backend.", type="invalid_request_error",
+            code="deployments_unavailable", status=501,
+        ))
+    return backend
+
+
+def _view(state: GatewayState, deployment: Deployment) -> dict[str, Any]:
+    spec = deployment.request.spec()
+    health = state.health.of(spec.name, spec.version)
+    request = deployment.request.model_dump(mode="json")
+    v2 = f"/v2/models/{spec.name}/versions/{spec.version}/infer"
+    endpoints = ({"embeddings": "/v1/embeddings", "v2_infer": v2} if spec.serves == "embedding"
+                 else {"chat_completions": "/v1/chat/completions",
+                       "completions": "/v1/completions", "v2_infer": v2})
+    return {
+        "id": deployment.id, "object": "model.deployment", "name": spec.name,
+        "version": spec.version, "model": f"{spec.name}@{spec.version}", **request,
+        "status": health.as_json(), "endpoints": endpoints,
+        "created_at": deployment.created_at.isoformat(),
+        "updated_at": deployment.updated_at.isoformat(),
+    }
+
+
+async def _parse(request: Request, schema: type[T]) -> T:
+    payload = schemas.decode_body(await request.body())
+    try:
+        return schema.model_validate(payload)
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(part) for part in first["loc"]) or None
+        raise errors.invalid_request(
+            f"Invalid value for '{param}': {first['msg']}" if param else first["msg"], param
+        ) from None
+
+
+def _guarded(handler: Any) -> Any:
+    async def call(request: Request) -> Response:
+        try:
+            response: Response = await handler(request)
+        except DeploymentNotFound as exc:
+            raise errors.ApiError(protocol.ErrorInfo(
+                str(exc), type="invalid_request_error", code="deployment_not_found", status=404
+            )) from None
+        except DeploymentConflict as exc:
+            raise errors.ApiError(protocol.ErrorInfo(
+                str(exc), type="invalid_request_error", code="conflict", status=409
+            )) from None
+        except ValueError as exc:  # the backend refused the model (unknown engine, option)
+            raise errors.invalid_request(str(exc), param="model.engine") from None
+        return response
+
+    return admin_only(call)
+
+
+@_guarded
+async def create(request: Request) -> Response:
+    body = await _parse(request, DeploymentRequest)
+    deployment = await _backend(request).create(body)
+    return json_response(_view(state_of(request), deployment), status=201)
+
+
+@_guarded
+async def list_all(request: Request) -> Response:
+    state = state_of(request)
+    deployments = await _backend(request).list()
+    return json_response({"object": "list", "data": [_view(state, d) for d in deployments]})
+
+
+@_guarded
+async def get_one(request: Request) -> Response:
+    deployment = await _backend(request).get(request.path_params["deployment_id"])
+    return json_response(_view(state_of(request), deployment))
+
+
+@_guarded
+async def update(request: Request) -> Response:
+    patch = await _parse(request, DeploymentPatch)
+    deployment = await _backend(request).update(request.path_params["deployment_id"], patch)
+    return json_response(_view(state_of(request), deployment))
+
+
+@_guarded
+async def delete(request: Request) -> Response:
+    deployment_id = request.path_params["deployment_id"]
+    await _backend(request).delete(deployment_id)
+    return json_response({"id": deployment_id, "object": "model.deployment", "deleted": True})
+
+
+ROUTES = [
+    Route("/v1/modelDeployment", create, methods=["POST"]),
+    Route("/v1/modelDeployment", list_all, methods=["GET"]),
+    Route("/v1/modelDeployment/{deployment_id}", get_one, methods=["GET"]),
+    Route("/v1/modelDeployment/{deployment_id}", update, methods=["PATCH"]),
+    Route("/v1/modelDeployment/{deployment_id}", delete, methods=["DELETE"]),
+]

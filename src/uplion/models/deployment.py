@@ -1,0 +1,117 @@
+"""The deployment API's records: what ``POST /v1/modelDeployment`` takes and what it answers.
+
+The payload shape is the one model-serving platforms already use —
+``{"type": "cpu"|"gpu", "model": {...}, "replicas": n, "request_res": {...}, "limit_res": {...}}``
+— where ``model`` is uplion's model spec, plus uplion's own ``gpus``. Resources are what a
+cluster schedules by; the local runtime records them and runs the model in-process.
+"""
+
+from __future__ import annotations
+
+import abc
+import uuid
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from uplion.models.spec import ModelSpec, ReplicaSpec
+
+
+class ResourceAmounts(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    cpu: str | None = Field(default=None, examples=["500m", "2"])
+    memory: str | None = Field(default=None, examples=["1Gi"])
+
+
+class DeploymentRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["cpu", "gpu"] = "cpu"
+    model: ModelSpec
+    replicas: int | None = Field(
+        default=None, ge=0, le=1000,
+        description="Replicas to keep running (sets min; max grows to it if lower).",
+    )
+    request_res: ResourceAmounts = Field(default_factory=ResourceAmounts)
+    limit_res: ResourceAmounts = Field(default_factory=ResourceAmounts)
+    gpus: int = Field(default=0, ge=0, le=16, description="GPUs per replica (type gpu).")
+
+    def spec(self) -> ModelSpec:
+        """The model spec to serve, with ``replicas`` applied."""
+        if self.replicas is None:
+            return self.model
+        replicas = self.model.replicas
+        updated = ReplicaSpec(
+            min=self.replicas, max=max(replicas.max, self.replicas, 1),
+            target_backlog=replicas.target_backlog, idle_seconds=replicas.idle_seconds,
+        )
+        return self.model.model_copy(update={"replicas": updated})
+
+
+class DeploymentPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    replicas: int | None = Field(default=None, ge=0, le=1000)
+    max_replicas: int | None = Field(default=None, ge=1, le=1000)
+    concurrency: int | None = Field(default=None, ge=1, le=1024)
+
+
+class Deployment(BaseModel):
+    """A deployed model: the request as accepted, and when."""
+
+    id: str
+    request: DeploymentRequest
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def new(cls, request: DeploymentRequest) -> Deployment:
+        now = datetime.now(UTC)
+        return cls(id=f"dep-{uuid.uuid4().hex[:12]}", request=request, created_at=now,
+                   updated_at=now)
+
+    def patched(self, patch: DeploymentPatch) -> Deployment:
+        request = self.request
+        model = request.model
+        if patch.concurrency is not None:
+            model = model.model_copy(update={"concurrency": patch.concurrency})
+        if patch.max_replicas is not None:
+            replicas = model.replicas.model_copy(update={"max": patch.max_replicas})
+            model = model.model_copy(update={"replicas": replicas})
+        changes: dict[str, object] = {"model": model}
+        if patch.replicas is not None:
+            changes["replicas"] = patch.replicas
+        updated = request.model_copy(update=changes)
+        DeploymentRequest.model_validate(updated.model_dump())  # the patch keeps it valid
+        return self.model_copy(update={"request": updated, "updated_at": datetime.now(UTC)})
+
+
+class DeploymentNotFound(LookupError):
+    pass
+
+
+class DeploymentConflict(ValueError):
+    pass
+
+
+class DeploymentBackend(abc.ABC):
+    """Where deployments live (the local runtime, or AIModel objects in a cluster).
+
+    Raises ``DeploymentNotFound`` and ``DeploymentConflict``; an invalid model ``ValueError``."""
+
+    @abc.abstractmethod
+    async def create(self, request: DeploymentRequest) -> Deployment: ...
+
+    @abc.abstractmethod
+    async def list(self) -> list[Deployment]: ...
+
+    @abc.abstractmethod
+    async def get(self, deployment_id: str) -> Deployment: ...
+
+    @abc.abstractmethod
+    async def update(self, deployment_id: str, patch: DeploymentPatch) -> Deployment: ...
+
+    @abc.abstractmethod
+    async def delete(self, deployment_id: str) -> None: ...
