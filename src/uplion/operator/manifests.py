@@ -1,0 +1,330 @@
+"""The objects an ``AIModel`` owns, built as plain dicts by pure functions.
+
+For each track (``stable``, and ``canary`` when the spec has one): a Deployment of workers and a
+KEDA ScaledObject on the track's topic. One ConfigMap holds the models file both tracks read.
+Every object carries an owner reference to the AIModel, so deleting it removes them all.
+
+Workers run ``uplion worker --model NAME@VERSION --models /etc/uplion/models.yaml``; the broker
+URL and the upstream API keys come from the environment. Their probes expect the worker to answer
+HTTP on ``HEALTH_PORT`` (``UPLION_HEALTH_PORT``): ``/livez`` while its loop runs, ``/readyz``
+once its engine is loaded.
+
+Scaling follows ``uplion.models.scaling``: the target is ``replicas.targetBacklog`` tasks per
+replica and scaling down waits ``replicas.idleSeconds`` (KEDA's ``cooldownPeriod``). On Redis two
+``redis-streams`` triggers count the worker group's pending entries (taken, not yet answered) and
+its lag (waiting; the only count that can wake a model scaled to zero); on Pulsar the ``pulsar``
+trigger counts the subscription's backlog.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import urllib.parse
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import yaml
+
+from uplion import protocol
+from uplion.models import resource
+
+Track = Literal["stable", "canary"]
+
+HEALTH_PORT = 8081
+MODELS_DIR = "/etc/uplion"
+CACHE_DIR = "/var/cache/uplion"
+RUN_AS = 10001
+REDIS_STREAM_PREFIX = "uplion:topic:"
+"""The Redis key of a topic's stream (``uplion.broker.redis_streams``' layout)."""
+DEFAULT_POLLING_INTERVAL_S = 15
+_MAX_NAME = 63
+
+
+def _name(*parts: str) -> str:
+    """A DNS label from parts; cut, with a hash of the whole, when longer than 63 characters."""
+    name = "-".join(parts)
+    if len(name) <= _MAX_NAME:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{name[: _MAX_NAME - 9].rstrip('-')}-{digest}"
+
+
+def _spec(aimodel: Mapping[str, Any]) -> resource.AIModelSpec:
+    return resource.AIModelSpec.model_validate(aimodel["spec"])
+
+
+def _version(spec: resource.AIModelSpec, track: Track) -> str:
+    if track == "stable":
+        return spec.version
+    if spec.canary is None:
+        raise ValueError(f"model {spec.name} has no canary")
+    return spec.canary.version
+
+
+def workload_name(aimodel: Mapping[str, Any], track: Track = "stable") -> str:
+    """The name of a track's Deployment and ScaledObject."""
+    base = aimodel["metadata"]["name"]
+    return _name(base, "worker") if track == "stable" else _name(base, "canary", "worker")
+
+
+def config_map_name(aimodel: Mapping[str, Any]) -> str:
+    return _name(aimodel["metadata"]["name"], "models")
+
+
+def _selector(aimodel: Mapping[str, Any], track: Track) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "uplion-worker",
+        "app.kubernetes.io/instance": _name(aimodel["metadata"]["name"]),
+        "uplion.ai/track": track,
+    }
+
+
+def _labels(aimodel: Mapping[str, Any], track: Track) -> dict[str, str]:
+    spec = _spec(aimodel)
+    return {
+        **_selector(aimodel, track),
+        "app.kubernetes.io/component": "worker",
+        "app.kubernetes.io/managed-by": "uplion-operator",
+        "uplion.ai/model": spec.name,
+        "uplion.ai/version": _version(spec, track),
+    }
+
+
+def owner_reference(aimodel: Mapping[str, Any]) -> dict[str, Any]:
+    """The reference that makes an object garbage-collected with its AIModel."""
+    return {
+        "apiVersion": f"{resource.GROUP}/{resource.VERSION}",
+        "kind": resource.KIND,
+        "name": aimodel["metadata"]["name"],
+        "uid": aimodel["metadata"]["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _metadata(
+    aimodel: Mapping[str, Any], name: str, namespace: str, labels: dict[str, str]
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": namespace,
+        "labels": labels,
+        "ownerReferences": [owner_reference(aimodel)],
+    }
+
+
+def models_file(aimodel: Mapping[str, Any]) -> str:
+    """The models file of both tracks, as the workers read it."""
+    spec = _spec(aimodel)
+    versions = [spec.version] + ([spec.canary.version] if spec.canary else [])
+    models = [resource.worker_spec(spec, v).model_dump(mode="json") for v in versions]
+    return yaml.safe_dump({"models": models}, sort_keys=False)
+
+
+def worker_config_map(aimodel: Mapping[str, Any], namespace: str) -> dict[str, Any]:
+    """The ConfigMap holding ``models.yaml``."""
+    labels = {
+        "app.kubernetes.io/name": "uplion-worker",
+        "app.kubernetes.io/instance": _name(aimodel["metadata"]["name"]),
+        "app.kubernetes.io/managed-by": "uplion-operator",
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(aimodel, config_map_name(aimodel), namespace, labels),
+        "data": {"models.yaml": models_file(aimodel)},
+    }
+
+
+def _env(spec: resource.AIModelSpec) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "UPLION_BROKER_URL", "value": spec.broker.url},
+        {"name": "UPLION_HEALTH_PORT", "value": str(HEALTH_PORT)},
+        {"name": "HOME", "value": "/tmp"},
+        {"name": "XDG_CACHE_HOME", "value": CACHE_DIR},
+        {"name": "HF_HOME", "value": f"{CACHE_DIR}/huggingface"},
+    ]
+    for account, ref in spec.engine.secret_refs.items():
+        env.append({
+            "name": resource.api_key_env(account),
+            "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
+        })
+    return env
+
+
+def _resources(spec: resource.AIModelSpec) -> dict[str, Any]:
+    limits: dict[str, int | str] = dict(spec.resources.limits)
+    if spec.resources.gpus:
+        limits["nvidia.com/gpu"] = spec.resources.gpus
+    out: dict[str, Any] = {}
+    if spec.resources.requests:
+        out["requests"] = dict(spec.resources.requests)
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def _probe(path: str, period_s: int, failures: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": "health"},
+        "periodSeconds": period_s,
+        "timeoutSeconds": 2,
+        "failureThreshold": failures,
+    }
+
+
+def _container_security() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "readOnlyRootFilesystem": True,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def worker_deployment(
+    aimodel: Mapping[str, Any], namespace: str, track: Track = "stable"
+) -> dict[str, Any]:
+    """The Deployment of a track's workers; ``replicas`` starts at ``replicas.min``, then KEDA
+    owns it (an update should leave the live count alone)."""
+    spec = _spec(aimodel)
+    version = _version(spec, track)
+    image = spec.canary.image if track == "canary" and spec.canary and spec.canary.image else None
+    labels = _labels(aimodel, track)
+    checksum = hashlib.sha256(models_file(aimodel).encode()).hexdigest()
+    container = {
+        "name": "worker",
+        "image": image or spec.image,
+        "command": ["uplion"],
+        "args": [
+            "worker", "--model", f"{spec.name}@{version}",
+            "--models", f"{MODELS_DIR}/models.yaml", "--name", "$(POD_NAME)",
+        ],
+        "env": _env(spec),
+        "ports": [{"name": "health", "containerPort": HEALTH_PORT, "protocol": "TCP"}],
+        "startupProbe": _probe("/livez", 10, 60),
+        "livenessProbe": _probe("/livez", 10, 3),
+        "readinessProbe": _probe("/readyz", 5, 2),
+        "resources": _resources(spec),
+        "securityContext": _container_security(),
+        "volumeMounts": [
+            {"name": "models", "mountPath": MODELS_DIR, "readOnly": True},
+            {"name": "tmp", "mountPath": "/tmp"},
+            {"name": "cache", "mountPath": CACHE_DIR},
+        ],
+    }
+    pod_spec: dict[str, Any] = {
+        "automountServiceAccountToken": False,
+        "terminationGracePeriodSeconds": int(spec.request_timeout_seconds) + 30,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS,
+            "runAsGroup": RUN_AS,
+            "fsGroup": RUN_AS,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": [
+            {"name": "models", "configMap": {"name": config_map_name(aimodel)}},
+            {"name": "tmp", "emptyDir": {}},
+            {"name": "cache", "emptyDir": {}},
+        ],
+    }
+    if spec.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.node_selector)
+    if spec.tolerations:
+        pod_spec["tolerations"] = [t.model_dump(exclude_none=True) for t in spec.tolerations]
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(aimodel, workload_name(aimodel, track), namespace, labels),
+        "spec": {
+            "replicas": spec.replicas.min,
+            "selector": {"matchLabels": _selector(aimodel, track)},
+            "template": {
+                "metadata": {
+                    "labels": labels,
+                    "annotations": {"uplion.ai/models-checksum": checksum},
+                },
+                "spec": pod_spec,
+            },
+        },
+    }
+
+
+def _redis_triggers(spec: resource.AIModelSpec, topic: str) -> list[dict[str, Any]]:
+    url = urllib.parse.urlsplit(spec.broker.url)
+    if url.scheme not in ("redis", "rediss") or not url.hostname:
+        raise ValueError(f"KEDA needs a redis:// or rediss:// URL with a host: {spec.broker.url}")
+    metadata = {
+        "address": f"{url.hostname}:{url.port or 6379}",
+        "stream": REDIS_STREAM_PREFIX + topic,
+        "consumerGroup": protocol.WORKER_GROUP,
+        "databaseIndex": url.path.strip("/") or "0",
+    }
+    if url.scheme == "rediss":
+        metadata["enableTLS"] = "true"
+    target = str(spec.replicas.target_backlog)
+    return [
+        {"type": "redis-streams", "name": "pending",
+         "metadata": {**metadata, "pendingEntriesCount": target}},
+        {"type": "redis-streams", "name": "lag",
+         "metadata": {**metadata, "lagCount": target, "activationLagCount": "0"}},
+    ]
+
+
+def _pulsar_triggers(spec: resource.AIModelSpec, topic: str) -> list[dict[str, Any]]:
+    broker = spec.broker
+    return [{
+        "type": "pulsar",
+        "name": "backlog",
+        "metadata": {
+            "adminURL": broker.admin_url,
+            "topic": f"persistent://{broker.tenant}/{broker.namespace}/{topic}",
+            "subscription": protocol.WORKER_GROUP,
+            "msgBacklogThreshold": str(spec.replicas.target_backlog),
+            "activationMsgBacklogThreshold": "0",
+        },
+    }]
+
+
+def scaled_object(
+    aimodel: Mapping[str, Any],
+    namespace: str,
+    track: Track = "stable",
+    polling_interval_s: int = DEFAULT_POLLING_INTERVAL_S,
+) -> dict[str, Any]:
+    """The KEDA ScaledObject that scales a track's Deployment on its topic's backlog."""
+    spec = _spec(aimodel)
+    topic = protocol.topic_for(spec.name, _version(spec, track))
+    triggers = (_redis_triggers(spec, topic) if spec.broker.kind == "redis"
+                else _pulsar_triggers(spec, topic))
+    if spec.broker.authentication_ref:
+        for trigger in triggers:
+            trigger["authenticationRef"] = {"name": spec.broker.authentication_ref}
+    name = workload_name(aimodel, track)
+    return {
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "ScaledObject",
+        "metadata": _metadata(aimodel, name, namespace, _labels(aimodel, track)),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+            "pollingInterval": polling_interval_s,
+            "cooldownPeriod": spec.replicas.idle_seconds,
+            "minReplicaCount": spec.replicas.min,
+            "maxReplicaCount": spec.replicas.max,
+            "triggers": triggers,
+        },
+    }
+
+
+def all_objects(aimodel: Mapping[str, Any], namespace: str) -> list[dict[str, Any]]:
+    """Every object an AIModel owns, in the order to apply them."""
+    tracks: tuple[Track, ...] = ("stable", "canary") if _spec(aimodel).canary else ("stable",)
+    objects = [worker_config_map(aimodel, namespace)]
+    for track in tracks:
+        objects += [worker_deployment(aimodel, namespace, track),
+                    scaled_object(aimodel, namespace, track)]
+    return objects
