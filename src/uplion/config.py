@@ -34,6 +34,9 @@ class Settings(BaseSettings):
         description="Redis for the principal cache, rate limits and the usage stream; defaults "
         "to the broker's URL when the broker is Redis, else everything stays in-process.",
     )
+    health_port: int | None = Field(
+        default=None, ge=1, le=65535, description="Where a worker answers /livez and /readyz."
+    )
     billing_flush_events: int = Field(default=500, ge=1)
     billing_flush_seconds: float = Field(default=1.0, gt=0)
     host: str = "127.0.0.1"

@@ -19,6 +19,7 @@ from uplion.accounts import default_url, migrate
 from uplion.local.runtime import LocalPlatform
 from uplion.models import ModelSpec, load_models_file
 from uplion.worker import engines
+from uplion.worker import probes as probes_
 from uplion.worker.engines.base import Engine, Unrecoverable
 
 app = typer.Typer()
@@ -154,19 +155,27 @@ def worker_command(
         raise typer.BadParameter(f"{model} is not in {settings.models_file}", param_hint="--model")
     if concurrency is not None:
         spec = spec.model_copy(update={"concurrency": concurrency})
-    if not uvloop.run(_run_worker(settings.broker_url, spec, name)):
+    if not uvloop.run(_run_worker(settings.broker_url, spec, name, settings.health_port)):
         raise typer.Exit(EXIT_UNRECOVERABLE)
 
 
 EXIT_UNRECOVERABLE = 3
 
 
-async def _run_worker(broker_url: str, spec: ModelSpec, name: str | None) -> bool:
+async def _run_worker(
+    broker_url: str, spec: ModelSpec, name: str | None, health_port: int | None
+) -> bool:
     """Serve until stopped; ``False`` when the model failed unrecoverably."""
     source = broker.connect(broker_url)
     await source.start()
     name = name or worker.worker_name()
     engine: Engine | None = None
+    serving: list[worker.Worker] = []
+
+    def ready() -> bool:
+        return bool(serving) and not serving[0].stopping
+
+    probes = None if health_port is None else await probes_.serve_probes(health_port, ready)
     try:
         try:
             engine = engines.create(spec.engine)
@@ -177,12 +186,15 @@ async def _run_worker(broker_url: str, spec: ModelSpec, name: str | None) -> boo
             await worker.announce_failure(source, spec, name, failure)
             return False
         replica = worker.Worker(source, spec, engine, name)
+        serving.append(replica)
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, replica.stop)
         await replica.run()
         return replica.failure is None
     finally:
+        if probes is not None:
+            probes.close()
         if engine is not None:
             await engine.close()
         await source.close()
