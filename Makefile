@@ -40,6 +40,7 @@ system-packages:
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
+	$(BIN)/yamllint --strict .
 	$(BIN)/lint-imports --no-cache
 
 typecheck: $(STAMP)

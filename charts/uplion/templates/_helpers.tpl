@@ -1,0 +1,127 @@
+{{/* Chart name, cut to 63 characters (the DNS label limit). */}}
+{{- define "uplion.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Release-qualified name; a component suffix is added by "uplion.componentName". */}}
+{{- define "uplion.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Name of one component's objects: (dict "root" $ "component" "gateway"). */}}
+{{- define "uplion.componentName" -}}
+{{- $base := include "uplion.fullname" .root | trunc (int (sub 62 (len .component))) | trimSuffix "-" }}
+{{- printf "%s-%s" $base .component }}
+{{- end }}
+
+{{- define "uplion.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels on every object. */}}
+{{- define "uplion.labels" -}}
+helm.sh/chart: {{ include "uplion.chart" . }}
+app.kubernetes.io/name: {{ include "uplion.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: uplion
+{{- end }}
+
+{{/* Selector labels of one component: (dict "root" $ "component" "gateway"). */}}
+{{- define "uplion.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "uplion.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{/* All labels of one component's objects. */}}
+{{- define "uplion.componentLabels" -}}
+{{ include "uplion.labels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "uplion.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{- define "uplion.configName" -}}
+{{- include "uplion.componentName" (dict "root" . "component" "config") }}
+{{- end }}
+
+{{/* The Secret holding the URLs with credentials: created here or provided from outside. */}}
+{{- define "uplion.secretName" -}}
+{{- if .Values.secrets.create }}
+{{- include "uplion.componentName" (dict "root" . "component" "secrets") }}
+{{- else }}
+{{- required "secrets.existingSecret is required when secrets.create is false" .Values.secrets.existingSecret }}
+{{- end }}
+{{- end }}
+
+{{- define "uplion.operatorServiceAccountName" -}}
+{{- default (include "uplion.componentName" (dict "root" . "component" "operator")) .Values.operator.serviceAccount.name }}
+{{- end }}
+
+{{/* Settings shared by every uplion container: the ConfigMap and the Secret. */}}
+{{- define "uplion.envFrom" -}}
+- configMapRef:
+    name: {{ include "uplion.configName" . }}
+- secretRef:
+    name: {{ include "uplion.secretName" . }}
+{{- end }}
+
+{{- define "uplion.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 10001
+runAsGroup: 10001
+fsGroup: 10001
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{- define "uplion.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+runAsNonRoot: true
+privileged: false
+capabilities:
+  drop: ["ALL"]
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{/* Writable scratch space: the root filesystem is read-only. */}}
+{{- define "uplion.tmpVolume" -}}
+- name: tmp
+  emptyDir:
+    sizeLimit: 256Mi
+{{- end }}
+
+{{- define "uplion.tmpMount" -}}
+- name: tmp
+  mountPath: /tmp
+{{- end }}
+
+{{- define "uplion.modelsVolume" -}}
+- name: models
+  configMap:
+    name: {{ include "uplion.configName" . }}
+    items:
+      - key: models.yaml
+        path: models.yaml
+{{- end }}
+
+{{- define "uplion.modelsMount" -}}
+- name: models
+  mountPath: /etc/uplion
+  readOnly: true
+{{- end }}
