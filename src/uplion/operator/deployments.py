@@ -1,0 +1,158 @@
+"""The deployment API's backend in a cluster: a deployment is an ``AIModel`` object.
+
+The object is named from the model's name and version (a DNS label) and that name is the
+deployment's id. Its spec comes from the request: ``type: gpu`` puts ``gpus`` in
+``resources.gpus``, ``request_res``/``limit_res`` become ``resources.requests``/``limits``,
+``replicas`` becomes ``replicas.min``; the image and the broker are the backend's (the cluster's
+settings). ``created_at`` is the object's ``creationTimestamp``; ``updated_at`` the annotation
+``uplion.ai/updated-at`` written on every change. The operator does the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+from uplion.models import resource
+from uplion.models.deployment import (
+    Deployment,
+    DeploymentBackend,
+    DeploymentConflict,
+    DeploymentNotFound,
+    DeploymentPatch,
+    DeploymentRequest,
+    ResourceAmounts,
+)
+from uplion.models.spec import EngineSpec, ModelSpec, ReplicaSpec
+from uplion.operator import decide, kube
+
+UPDATED_AT = "uplion.ai/updated-at"
+_MAX_NAME = 63
+
+
+def object_name(name: str, version: str) -> str:
+    """A DNS label for ``name`` and ``version``; cut, with a hash, when too long."""
+    label = re.sub(r"[^a-z0-9-]+", "-", f"{name}-{version}".lower()).strip("-")
+    if len(label) <= _MAX_NAME and label == f"{name}-{version}":
+        return label
+    digest = hashlib.sha256(f"{name}@{version}".encode()).hexdigest()[:8]
+    return f"{label[: _MAX_NAME - 9].strip('-')}-{digest}"
+
+
+def _amounts(amounts: ResourceAmounts) -> dict[str, int | str]:
+    return {k: v for k, v in amounts.model_dump().items() if v is not None}
+
+
+def _amounts_of(quantities: dict[str, int | str]) -> ResourceAmounts:
+    return ResourceAmounts(**{k: str(quantities[k]) for k in ("cpu", "memory") if k in quantities})
+
+
+def aimodel_spec(
+    request: DeploymentRequest, image: str, broker: resource.Broker
+) -> resource.AIModelSpec:
+    """The AIModel spec a request asks for."""
+    model = request.spec()
+    return resource.AIModelSpec(
+        name=model.name, version=model.version,
+        engine=resource.AIModelEngine(kind=model.engine.kind, options=model.engine.options),
+        serves=model.serves, concurrency=model.concurrency,
+        replicas=resource.AIModelReplicas.model_validate(model.replicas.model_dump()),
+        request_timeout_seconds=model.request_timeout_s, owned_by=model.owned_by,
+        image=image, broker=broker,
+        resources=resource.Resources(
+            requests=_amounts(request.request_res), limits=_amounts(request.limit_res),
+            gpus=request.gpus if request.type == "gpu" else 0,
+        ),
+    )
+
+
+def request_of(spec: resource.AIModelSpec) -> DeploymentRequest:
+    """The request an AIModel spec answers (``replicas`` is its ``replicas.min``)."""
+    model = ModelSpec(
+        name=spec.name, version=spec.version,
+        engine=EngineSpec(kind=spec.engine.kind, options=spec.engine.options),
+        serves=spec.serves, concurrency=spec.concurrency,
+        replicas=ReplicaSpec.model_validate(spec.replicas.model_dump(by_alias=False)),
+        request_timeout_s=spec.request_timeout_seconds, owned_by=spec.owned_by,
+    )
+    return DeploymentRequest(
+        type="gpu" if spec.resources.gpus else "cpu", model=model, replicas=spec.replicas.min,
+        request_res=_amounts_of(spec.resources.requests),
+        limit_res=_amounts_of(spec.resources.limits),
+        gpus=spec.resources.gpus,
+    )
+
+
+def deployment_of(aimodel: dict[str, Any]) -> Deployment:
+    meta = aimodel["metadata"]
+    updated = decide.parse_time((meta.get("annotations") or {}).get(UPDATED_AT))
+    created = decide.parse_time(meta.get("creationTimestamp")) or updated or datetime.now(UTC)
+    spec = resource.AIModelSpec.model_validate(aimodel["spec"])
+    return Deployment(id=meta["name"], request=request_of(spec), created_at=created,
+                      updated_at=updated or created)
+
+
+class KubernetesDeployments(DeploymentBackend):
+    """Deployments as AIModel objects in one namespace."""
+
+    def __init__(
+        self, client: kube.Kube, namespace: str, image: str, broker: resource.Broker
+    ) -> None:
+        self.client = client
+        self.namespace = namespace
+        self.image = image
+        self.broker = broker
+
+    async def create(self, request: DeploymentRequest) -> Deployment:
+        spec = aimodel_spec(request, self.image, self.broker)
+        aimodel = {
+            "apiVersion": kube.AIMODEL_API_VERSION,
+            "kind": resource.KIND,
+            "metadata": {
+                "name": object_name(spec.name, spec.version),
+                "namespace": self.namespace,
+                "annotations": {UPDATED_AT: decide.timestamp(datetime.now(UTC))},
+            },
+            "spec": spec.model_dump(mode="json", exclude_none=True),
+        }
+        try:
+            created = await self.client.create(aimodel)
+        except kube.Conflict:
+            raise DeploymentConflict(
+                f"The model {spec.name}@{spec.version} is deployed already.") from None
+        return deployment_of(created)
+
+    async def list(self) -> list[Deployment]:
+        return [deployment_of(a) for a in await self.client.list_aimodels(self.namespace)]
+
+    async def get(self, deployment_id: str) -> Deployment:
+        return deployment_of(await self._fetch(deployment_id))
+
+    async def _fetch(self, deployment_id: str) -> dict[str, Any]:
+        try:
+            return await self.client.get_aimodel(self.namespace, deployment_id)
+        except kube.NotFound:
+            raise DeploymentNotFound(f"No deployment {deployment_id!r}.") from None
+
+    async def update(self, deployment_id: str, patch: DeploymentPatch) -> Deployment:
+        live = await self._fetch(deployment_id)
+        try:
+            updated = deployment_of(live).patched(patch)
+        except ValueError as error:  # pydantic's ValidationError included
+            raise DeploymentConflict(
+                f"The change would make the deployment invalid: {error}") from None
+        model = updated.request.spec()
+        changed = await self.client.patch_aimodel(self.namespace, deployment_id, {
+            "metadata": {"annotations": {UPDATED_AT: decide.timestamp(datetime.now(UTC))}},
+            "spec": {"concurrency": model.concurrency, "replicas": resource.AIModelReplicas
+                     .model_validate(model.replicas.model_dump()).model_dump(mode="json")},
+        })
+        return deployment_of(changed)
+
+    async def delete(self, deployment_id: str) -> None:
+        try:
+            await self.client.delete_aimodel(self.namespace, deployment_id)
+        except kube.NotFound:
+            raise DeploymentNotFound(f"No deployment {deployment_id!r}.") from None

@@ -1,0 +1,148 @@
+"""The kopf handlers: decide (``decide``, ``manifests``) and apply (``kube``); nothing else.
+
+- An AIModel created, changed or found at start: its objects are applied and its status set,
+  through kopf's ``patch`` (the framework writes it). An invalid spec: status Failed with reason
+  ``InvalidSpec`` and ``kopf.PermanentError`` (no retry until the object changes). API errors:
+  ``kopf.TemporaryError`` (retried).
+- A worker's ``UplionUnrecoverable`` Event, or a change of a uplion Deployment (its
+  availability): the owning AIModel's status is recomputed and patched when it differs.
+
+The handlers are plain async functions; ``build_registry`` registers them for a kopf loop, and
+tests call them directly with a ``kube.Kube`` in ``memo["kube"]``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from uplion.models import resource
+from uplion.operator import decide, kube, manifests
+
+log = logging.getLogger(__name__)
+
+MANAGED_BY = {"app.kubernetes.io/managed-by": "uplion-operator"}
+RETRY_DELAY_S = 30.0
+
+
+def _client(memo: Mapping[str, Any]) -> kube.Kube:
+    client = memo["kube"]
+    if not isinstance(client, kube.Kube):
+        raise TypeError("memo['kube'] must be a uplion.operator.kube.Kube")
+    return client
+
+
+async def _status(
+    client: kube.Kube, aimodel: Mapping[str, Any], observed_generation: int | None
+) -> dict[str, Any]:
+    """The status an AIModel should have now."""
+    namespace = aimodel["metadata"]["namespace"]
+    try:
+        deployment: dict[str, Any] | None = await client.get(
+            "apps/v1", "Deployment", namespace, manifests.workload_name(aimodel))
+    except kube.NotFound:
+        deployment = None
+    events = [
+        event for event in await client.list_events(namespace, decide.UNRECOVERABLE)
+        if event.get("involvedObject", {}).get("kind") == "Pod"
+        and decide.owns_pod(aimodel, event["involvedObject"].get("name", ""))
+    ]
+    previous = (aimodel.get("status") or {}).get("conditions") or []
+    decision = decide.phase_from(
+        deployment, events, aimodel["metadata"].get("generation"), observed_generation, previous)
+    return decide.status_of(decision, deployment, observed_generation)
+
+
+async def reconcile(*, body: kopf.Body, patch: kopf.Patch, memo: Any, **_: Any) -> None:
+    """Apply an AIModel's objects and set its status (create, update, resume)."""
+    namespace = body["metadata"]["namespace"]
+    generation = body["metadata"].get("generation")
+    try:
+        objects = manifests.all_objects(body, namespace)
+    except ValueError as error:  # pydantic's ValidationError included
+        decision = decide.failed_spec(error, generation)
+        patch.status.update(decide.status_of(decision, None, generation))
+        raise kopf.PermanentError(f"invalid spec: {error}") from error
+    client = _client(memo)
+    try:
+        for obj in objects:
+            await client.apply(obj)
+        status = await _status(client, body, generation)
+    except kube.ApiError as error:
+        raise kopf.TemporaryError(str(error), delay=RETRY_DELAY_S) from error
+    patch.status.update(status)
+
+
+async def _refresh(client: kube.Kube, aimodel: Mapping[str, Any]) -> None:
+    current = aimodel.get("status") or {}
+    observed = current.get("observedGeneration")
+    if observed is None:
+        return  # not reconciled yet: the reconcile handler sets the first status
+    status = await _status(client, aimodel, observed)
+    if not kube.contains(current, status):
+        meta = aimodel["metadata"]
+        await client.patch_aimodel_status(meta["namespace"], meta["name"], status)
+        log.info("%s/%s is %s: %s", meta["namespace"], meta["name"], status["phase"],
+                 status["message"])
+
+
+def is_unrecoverable(*, body: kopf.Body, **_: Any) -> bool:
+    return body.get("reason") == decide.UNRECOVERABLE
+
+
+async def worker_failed(*, body: kopf.Body, type: str | None, memo: Any, **_: Any) -> None:
+    """A worker's ``UplionUnrecoverable`` Event: its AIModel's status is recomputed."""
+    involved = body.get("involvedObject", {})
+    if type == "DELETED" or involved.get("kind") != "Pod":
+        return
+    client = _client(memo)
+    namespace = involved.get("namespace") or body["metadata"]["namespace"]
+    for aimodel in await client.list_aimodels(namespace):
+        if decide.owns_pod(aimodel, involved.get("name", "")):
+            await _refresh(client, aimodel)
+            return
+    log.debug("no AIModel owns pod %s/%s", namespace, involved.get("name"))
+
+
+async def deployment_changed(*, body: kopf.Body, type: str | None, memo: Any, **_: Any) -> None:
+    """A uplion Deployment changed (its availability): its AIModel's status is recomputed."""
+    if type == "DELETED":
+        return
+    client = _client(memo)
+    for owner in body["metadata"].get("ownerReferences") or []:
+        if owner.get("kind") == resource.KIND:
+            try:
+                aimodel = await client.get_aimodel(body["metadata"]["namespace"], owner["name"])
+            except kube.NotFound:
+                return
+            await _refresh(client, aimodel)
+
+
+async def startup(*, settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
+    """Keep kopf's bookkeeping in annotations (the CRD's status schema prunes the rest)."""
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="uplion.ai")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="uplion.ai")
+    if "kube" not in memo:
+        memo["kube"] = await kube.Kube.connect()
+
+
+async def cleanup(*, memo: Any, **_: Any) -> None:
+    await _client(memo).close()
+
+
+def build_registry() -> kopf.OperatorRegistry:
+    """A registry holding every handler of the operator."""
+    registry = kopf.OperatorRegistry()
+    aimodels = (resource.GROUP, resource.VERSION, resource.PLURAL)
+    kopf.on.startup(registry=registry)(startup)
+    kopf.on.cleanup(registry=registry)(cleanup)
+    kopf.on.create(*aimodels, registry=registry)(reconcile)
+    kopf.on.update(*aimodels, registry=registry)(reconcile)
+    kopf.on.resume(*aimodels, registry=registry)(reconcile)
+    kopf.on.event("", "v1", "events", when=is_unrecoverable, registry=registry)(worker_failed)
+    kopf.on.event("apps", "v1", "deployments", labels=MANAGED_BY,
+                  registry=registry)(deployment_changed)
+    return registry

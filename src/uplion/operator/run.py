@@ -1,0 +1,33 @@
+"""Running the operator: kopf's loop with uplion's handlers (``uplion operator``)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import kopf
+
+from uplion.operator import handlers
+
+
+async def operate(
+    namespace: str | None,
+    registry: kopf.OperatorRegistry | None = None,
+    memo: kopf.Memo | None = None,
+    stop_flag: asyncio.Event | None = None,
+    ready_flag: asyncio.Event | None = None,
+) -> None:
+    """kopf's loop in this event loop: every namespace when ``namespace`` is None."""
+    await kopf.operator(
+        registry=registry or handlers.build_registry(),
+        standalone=True,
+        clusterwide=namespace is None,
+        namespaces=[namespace] if namespace else [],
+        memo=memo or kopf.Memo(),
+        stop_flag=stop_flag,
+        ready_flag=ready_flag,
+    )
+
+
+def run_operator(namespace: str | None) -> None:
+    """Run the operator until it is stopped (SIGINT/SIGTERM)."""
+    asyncio.run(operate(namespace))
