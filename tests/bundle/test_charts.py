@@ -102,7 +102,9 @@ def test_pods_are_locked_down(helm: Path, helm_env: dict[str, str]) -> None:
 
 
 def test_operator_rbac_is_least_privilege(helm: Path, helm_env: dict[str, str]) -> None:
-    role = next(o for o in render(helm, helm_env, "uplion") if o["kind"] == "Role")
+    objects = render(helm, helm_env, "uplion")
+    role = next(o for o in objects
+                if o["kind"] == "Role" and o["metadata"]["name"].endswith("-operator"))
     granted = {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"]
                for resource in rule["resources"] for verb in rule["verbs"]}
     resources = {resource for _, resource, _ in granted}
@@ -110,6 +112,11 @@ def test_operator_rbac_is_least_privilege(helm: Path, helm_env: dict[str, str]) 
                          "scaledobjects", "events"}
     assert not any("*" in part for entry in granted for part in entry)
     assert not any(resource == "secrets" for _, resource, _ in granted)
+    worker = next(o for o in objects
+                  if o["kind"] == "Role" and o["metadata"]["name"].endswith("-worker"))
+    assert worker["rules"] == [{"apiGroups": [""], "resources": ["events"], "verbs": ["create"]}]
+    accounts = {o["metadata"]["name"] for o in objects if o["kind"] == "ServiceAccount"}
+    assert "uplion-worker" in accounts  # the name the operator's worker pods use
     cluster = render(helm, helm_env, "uplion", "--set", "operator.rbac.clusterWide=true")
     assert {"ClusterRole", "ClusterRoleBinding"} <= {o["kind"] for o in cluster}
 

@@ -130,7 +130,7 @@ def test_worker_container_is_locked_down() -> None:
     }
     pod = deployment["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
-    assert pod["automountServiceAccountToken"] is False
+    assert pod["serviceAccountName"] == manifests.WORKER_SERVICE_ACCOUNT  # events only (chart RBAC)
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     assert mounts == {"/etc/uplion": "models", "/tmp": "tmp", "/var/cache/uplion": "cache"}
     volumes = {v["name"]: v for v in pod["volumes"]}

@@ -18,6 +18,8 @@ from uplion import billing, broker, config, gateway, wiring, worker
 from uplion.accounts import default_url, migrate
 from uplion.local.runtime import LocalPlatform
 from uplion.models import ModelSpec, load_models_file
+from uplion.operator import events as operator_events
+from uplion.operator import run as operator_run
 from uplion.worker import engines
 from uplion.worker import probes as probes_
 from uplion.worker.engines.base import Engine, Unrecoverable
@@ -137,6 +139,18 @@ async def _aggregate(settings: config.Settings, redis_url: str, database_url: st
     )
 
 
+@app.command("operator")
+def operator_command(
+    namespace: str | None = typer.Option(
+        None, "--namespace", envvar="UPLION_OPERATOR_NAMESPACE",
+        help="Watch AIModels of this namespace only (default: every namespace).",
+    ),
+) -> None:
+    """Run the Kubernetes operator: AIModel objects → worker Deployments and KEDA scalers."""
+    _settings(None, None)
+    operator_run.run_operator(namespace or None)
+
+
 @app.command("worker")
 def worker_command(
     model: str = typer.Option(..., "--model", help="Model to serve: NAME or NAME@VERSION."),
@@ -184,6 +198,7 @@ async def _run_worker(
             failure = (error if isinstance(error, Unrecoverable)
                        else Unrecoverable("InvalidConfig", str(error)))
             await worker.announce_failure(source, spec, name, failure)
+            await operator_events.report_unrecoverable(failure.reason, failure.message)
             return False
         replica = worker.Worker(source, spec, engine, name)
         serving.append(replica)
@@ -191,7 +206,12 @@ async def _run_worker(
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, replica.stop)
         await replica.run()
-        return replica.failure is None
+        if replica.failure is not None:
+            await operator_events.report_unrecoverable(
+                replica.failure.reason, replica.failure.message
+            )
+            return False
+        return True
     finally:
         if probes is not None:
             probes.close()

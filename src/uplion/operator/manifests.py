@@ -34,6 +34,7 @@ HEALTH_PORT = 8081
 MODELS_DIR = "/etc/uplion"
 CACHE_DIR = "/var/cache/uplion"
 RUN_AS = 10001
+WORKER_SERVICE_ACCOUNT = "uplion-worker"
 REDIS_STREAM_PREFIX = "uplion:topic:"
 """The Redis key of a topic's stream (``uplion.broker.redis_streams``' layout)."""
 DEFAULT_POLLING_INTERVAL_S = 15
@@ -139,6 +140,8 @@ def worker_config_map(aimodel: Mapping[str, Any], namespace: str) -> dict[str, A
 def _env(spec: resource.AIModelSpec) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "POD_NAMESPACE",
+         "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
         {"name": "UPLION_BROKER_URL", "value": spec.broker.url},
         {"name": "UPLION_HEALTH_PORT", "value": str(HEALTH_PORT)},
         {"name": "HOME", "value": "/tmp"},
@@ -216,7 +219,10 @@ def worker_deployment(
         ],
     }
     pod_spec: dict[str, Any] = {
-        "automountServiceAccountToken": False,
+        # The token lets a failing worker post its UplionUnrecoverable Event (RBAC: events
+        # create only, the chart's `uplion-worker` account).
+        "serviceAccountName": WORKER_SERVICE_ACCOUNT,
+        "automountServiceAccountToken": True,
         "terminationGracePeriodSeconds": int(spec.request_timeout_seconds) + 30,
         "securityContext": {
             "runAsNonRoot": True,
