@@ -48,17 +48,17 @@ class HealthBoard:
     """The latest status of every worker, folded per model version on demand."""
 
     def __init__(self) -> None:
-        self._workers: dict[str, protocol.WorkerStatus] = {}
+        self._models: dict[tuple[str, str], dict[str, protocol.WorkerStatus]] = {}
 
     def record(self, status: protocol.WorkerStatus) -> None:
-        known = self._workers.get(status.worker)
+        workers = self._models.setdefault((status.model, status.version), {})
+        known = workers.get(status.worker)
         if known is None or known.at <= status.at:
-            self._workers[status.worker] = status
+            workers[status.worker] = status
 
     def of(self, model: str, version: str, now: float | None = None) -> ModelHealth:
         now = time.time() if now is None else now
-        statuses = [s for s in self._workers.values()
-                    if s.model == model and s.version == version]
+        statuses = list(self._models.get((model, version), {}).values())
         live = [s for s in statuses
                 if s.state in ("starting", "running", "degraded") and now - s.at < STALE_AFTER_S]
         serving = [s for s in live if s.state in ("running", "degraded")]
