@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import urllib.parse
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -36,6 +37,16 @@ class Settings(BaseSettings):
     )
     health_port: int | None = Field(
         default=None, ge=1, le=65535, description="Where a worker answers /livez and /readyz."
+    )
+    deployments: Literal["none", "kubernetes"] = Field(
+        default="none", description="What `uplion gateway`'s /v1/modelDeployment manages: "
+        "nothing, or AIModel objects in its namespace (the gateway then routes them too).",
+    )
+    namespace: str | None = Field(
+        default=None, description="The cluster namespace of AIModels (default: the pod's)."
+    )
+    image: str = Field(
+        default="ghcr.io/uplion/uplion:0.1.0", description="Image of the workers of deployments."
     )
     billing_flush_events: int = Field(default=500, ge=1)
     billing_flush_seconds: float = Field(default=1.0, gt=0)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import typer
@@ -14,12 +15,14 @@ import uvicorn
 import uvloop
 from starlette.applications import Starlette
 
-from uplion import billing, broker, config, gateway, wiring, worker
+from uplion import billing, broker, cluster, config, gateway, wiring, worker
 from uplion.accounts import default_url, migrate
 from uplion.local.runtime import LocalPlatform
-from uplion.models import ModelSpec, load_models_file
+from uplion.models import ModelSpec, load_models_file, resource
 from uplion.operator import events as operator_events
+from uplion.operator import kube
 from uplion.operator import run as operator_run
+from uplion.operator.deployments import KubernetesDeployments
 from uplion.worker import engines
 from uplion.worker import probes as probes_
 from uplion.worker.engines.base import Engine, Unrecoverable
@@ -64,12 +67,15 @@ def _banner(settings: config.Settings, specs: list[ModelSpec]) -> str:
     ])
 
 
-def _serve(app_: Starlette, settings: config.Settings) -> None:
-    server = uvicorn.Server(uvicorn.Config(
+def _uvicorn_config(app_: Starlette, settings: config.Settings) -> uvicorn.Config:
+    return uvicorn.Config(
         app_, host=settings.host, port=settings.port, loop="uvloop", http="httptools",
         lifespan="on", log_level=settings.log_level, access_log=False,
-    ))
-    server.run()
+    )
+
+
+def _serve(app_: Starlette, settings: config.Settings) -> None:
+    uvicorn.Server(_uvicorn_config(app_, settings)).run()
 
 
 @app.command()
@@ -104,18 +110,57 @@ def gateway_command(
     """Start a gateway only; workers run as separate `uplion worker` processes."""
     settings = _settings(models, broker_url, host, port)
     backends = wiring.backends(settings)
+    catalog = gateway.Catalog(_specs(settings))
+    if settings.deployments == "kubernetes":
+        uvloop.run(_cluster_gateway(settings, backends, catalog))
+        return
 
     @contextlib.asynccontextmanager
     async def lifespan(app_: Starlette) -> AsyncIterator[None]:
         async with backends.running(migrate_first=False):
             yield
 
-    catalog = gateway.Catalog(_specs(settings))
-    _serve(gateway.create_app(
+    _serve(_gateway_app(backends, catalog, None, lifespan), settings)
+
+
+def _gateway_app(
+    backends: wiring.Backends, catalog: gateway.Catalog,
+    deployments: KubernetesDeployments | None,
+    lifespan: Callable[[Starlette], contextlib.AbstractAsyncContextManager[None]],
+) -> Starlette:
+    return gateway.create_app(
         backends.broker, catalog, principals=backends.principals, admission=backends.admission,
         usage=backends.usage, accounts=backends.accounts, database=backends.database,
-        lifespan=lifespan,
-    ), settings)
+        deployments=deployments, lifespan=lifespan,
+    )
+
+
+async def _cluster_gateway(
+    settings: config.Settings, backends: wiring.Backends, catalog: gateway.Catalog
+) -> None:
+    """A gateway whose /v1/modelDeployment manages AIModels and that routes what they serve."""
+    client = await kube.Kube.connect()
+    namespace = settings.namespace or os.environ.get("POD_NAMESPACE") or "default"
+    workers_broker = resource.Broker(kind="redis", url=settings.broker_url)  # Pulsar: to come
+    deployments = KubernetesDeployments(client, namespace, settings.image, workers_broker)
+    routes = cluster.AIModelRoutes(client, namespace, catalog)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app_: Starlette) -> AsyncIterator[None]:
+        async with backends.running(migrate_first=False):
+            await routes.sync()
+            follow = asyncio.create_task(routes.follow(), name="aimodel-routes")
+            try:
+                yield
+            finally:
+                follow.cancel()
+
+    try:
+        await uvicorn.Server(_uvicorn_config(
+            _gateway_app(backends, catalog, deployments, lifespan), settings
+        )).serve()
+    finally:
+        await client.close()
 
 
 @app.command("billing")
