@@ -205,3 +205,22 @@ def test_a_typo_in_a_rendered_field_fails(
     broken = yaml.safe_load(_rename_key(yaml.safe_dump(obj), field, typo))
     with pytest.raises((jsonschema.ValidationError, kubernetes_validate.ValidationError)):
         validate_object(broken)  # ... and one misspelt field name is caught
+
+
+def test_gateway_deployment_mode(helm: Path, helm_env: dict[str, str]) -> None:
+    plain = render(helm, helm_env, "uplion")
+    assert not [o for o in plain if o["kind"] == "Role" and o["metadata"]["name"].endswith(
+        "-gateway")]
+    objects = render(helm, helm_env, "uplion", "-f",
+                     str(conftest.CHARTS / "uplion" / "ci" / "deployments-values.yaml"))
+    role = next(o for o in objects
+                if o["kind"] == "Role" and o["metadata"]["name"].endswith("-gateway"))
+    assert role["rules"] == [{"apiGroups": ["uplion.ai"], "resources": ["aimodels"],
+                              "verbs": ["get", "list", "watch", "create", "patch", "delete"]}]
+    gateway = next(o for o in objects if o["kind"] == "Deployment"
+                   and o["metadata"]["name"].endswith("-gateway"))
+    pod = gateway["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == role["metadata"]["name"]
+    env = {item["name"]: item for item in pod["containers"][0]["env"]}
+    assert env["UPLION_DEPLOYMENTS"]["value"] == "kubernetes"
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
