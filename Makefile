@@ -7,7 +7,7 @@ PIP := $(BIN)/pip --disable-pip-version-check -q
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := $(VENV)/.installed
 # Debian packages the test suite runs for real.
-TEST_PACKAGES := redis-server postgresql
+TEST_PACKAGES := redis-server postgresql chromium debootstrap
 BENCH_PACKAGES := wrk
 
 .PHONY: run test lint typecheck pytest venv system-packages bench clean
