@@ -146,7 +146,10 @@ def test_worker_command_and_environment() -> None:
     assert container["command"] == ["uplion"]
     assert container["args"][:3] == ["worker", "--model", "gpt-4o-mini@2024-07-18"]
     env = {e["name"]: e for e in container["env"]}
-    assert env["UPLION_BROKER_URL"]["value"] == "pulsar://pulsar-broker.pulsar:6650"
+    assert env["UPLION_BROKER_URL"]["value"] == (  # the AIModel's Pulsar settings, for the broker
+        "pulsar://pulsar-broker.pulsar:6650"
+        "?admin=http://pulsar-broker.pulsar:8080&namespace=default&tenant=public"
+    )
     assert env["UPLION_API_KEY_TEAM_B"]["valueFrom"] == {
         "secretKeyRef": {"name": "openai-keys", "key": "team-b"}
     }
@@ -223,7 +226,7 @@ def test_pulsar_scales_on_the_subscription_backlog() -> None:
         "name": "backlog",
         "metadata": {
             "adminURL": "http://pulsar-broker.pulsar:8080",
-            "topic": "persistent://public/default/model.gpt-4o-mini@2024-07-18",
+            "topic": "persistent://public/default/model.gpt-4o-mini_v2024-07-18",
             "subscription": "workers",
             "msgBacklogThreshold": "8",
             "activationMsgBacklogThreshold": "0",

@@ -2,11 +2,12 @@
 
 - ``memory://``: embedded, in-process (one machine, the default of ``uplion run``)
 - ``redis://`` / ``rediss://``: Redis Streams (the default in clusters)
+- ``pulsar://`` / ``pulsar+ssl://``: Apache Pulsar (options: ``uplion.broker.pulsar_names``)
 """
 
 from __future__ import annotations
 
-from uplion.broker import memory, redis_streams
+from uplion.broker import memory, pulsar, pulsar_names, redis_streams
 from uplion.broker.base import Backlog, Broker, Consumer, Delivery
 
 __all__ = ["Backlog", "Broker", "Consumer", "Delivery", "connect"]
@@ -19,4 +20,7 @@ def connect(url: str) -> Broker:
         return memory.MemoryBroker()
     if scheme in ("redis", "rediss", "unix"):
         return redis_streams.RedisStreamsBroker(url)
-    raise ValueError(f"unknown broker URL scheme {scheme!r}: use memory:// or redis://host:port")
+    if scheme in pulsar_names.SCHEMES:
+        return pulsar.PulsarBroker(url)
+    raise ValueError(f"unknown broker URL scheme {scheme!r}: use memory://, redis://host:port "
+                     "or pulsar://host:6650")

@@ -26,6 +26,7 @@ from typing import Any, Literal
 import yaml
 
 from uplion import protocol
+from uplion.broker import pulsar_names
 from uplion.models import resource
 
 Track = Literal["stable", "canary"]
@@ -137,12 +138,21 @@ def worker_config_map(aimodel: Mapping[str, Any], namespace: str) -> dict[str, A
     }
 
 
+def _broker_url(broker: resource.Broker) -> str:
+    """The workers' broker URL: on Pulsar it carries the AIModel's admin URL, tenant, namespace."""
+    if broker.kind == "redis" or broker.admin_url is None:
+        return broker.url
+    return pulsar_names.with_options(
+        broker.url, admin=broker.admin_url, tenant=broker.tenant, namespace=broker.namespace
+    )
+
+
 def _env(spec: resource.AIModelSpec) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "POD_NAMESPACE",
          "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
-        {"name": "UPLION_BROKER_URL", "value": spec.broker.url},
+        {"name": "UPLION_BROKER_URL", "value": _broker_url(spec.broker)},
         {"name": "UPLION_HEALTH_PORT", "value": str(HEALTH_PORT)},
         {"name": "HOME", "value": "/tmp"},
         {"name": "XDG_CACHE_HOME", "value": CACHE_DIR},
@@ -288,7 +298,7 @@ def _pulsar_triggers(spec: resource.AIModelSpec, topic: str) -> list[dict[str, A
         "name": "backlog",
         "metadata": {
             "adminURL": broker.admin_url,
-            "topic": f"persistent://{broker.tenant}/{broker.namespace}/{topic}",
+            "topic": pulsar_names.topic_name(broker.tenant, broker.namespace, topic),
             "subscription": protocol.WORKER_GROUP,
             "msgBacklogThreshold": str(spec.replicas.target_backlog),
             "activationMsgBacklogThreshold": "0",
