@@ -1,9 +1,11 @@
-"""The add-on roles: argument specs, ansible-lint, and what each role would apply, rendered and validated offline.
+"""The add-on roles: argument specs, ansible-lint, and what each role would apply, rendered and
+validated offline.
 
-Each role's ``render`` entry point writes its Helm releases (repository, chart, pinned version, values) and the
-Kubernetes objects it applies. Values are validated against strict schemas of the keys uplion sets, written from
-each chart's values.yaml (none of these charts ships a values.schema.json on PyPI or npm): a misspelt key fails.
-Namespaces and Secrets go through kubernetes-validate, AppProject and Application through the Argo CD models.
+Each role's ``render`` entry point writes its Helm releases (repository, chart, pinned version,
+values) and the Kubernetes objects it applies. Values are validated against strict schemas of the
+keys uplion sets, written from each chart's values.yaml (none of these charts ships a
+values.schema.json on PyPI or npm): a misspelt key fails. Namespaces and Secrets go through
+kubernetes-validate, AppProject and Application through the Argo CD models.
 """
 
 from __future__ import annotations
@@ -29,26 +31,53 @@ VAULT = {
     "vault_uplion_git_username": "deploy",
     "vault_uplion_git_token": "token-not-a-secret",
     "vault_uplion_platform_secrets": {
-        env: {"broker_url": "pulsar://pulsar-broker.pulsar.svc.cluster.local:6650",
-              "redis_url": f"redis://redis.{env}:6379/0",
-              "database_url": f"postgresql+asyncpg://uplion:pw@db.{env}/uplion"}
-        for env in ("test", "staging", "production")},
-    "vault_uplion_rollout_tokens": {env: {"api_token": f"up-{env}", "admin_token": f"adm-{env}"}
-                                    for env in ("test", "staging", "production")},
+        env: {
+            "broker_url": "pulsar://pulsar-broker.pulsar.svc.cluster.local:6650",
+            "redis_url": f"redis://redis.{env}:6379/0",
+            "database_url": f"postgresql+asyncpg://uplion:pw@db.{env}/uplion",
+        }
+        for env in ("test", "staging", "production")
+    },
+    "vault_uplion_rollout_tokens": {
+        env: {"api_token": f"up-{env}", "admin_token": f"adm-{env}"}
+        for env in ("test", "staging", "production")
+    },
 }
 Validate = Callable[[dict[str, Any]], None]
 
 
 def render(tmp: Path, roles: list[str], extra: dict[str, Any]) -> subprocess.CompletedProcess[str]:
     variables = tmp / "vars.json"
-    variables.write_text(json.dumps({"render_root": str(tmp / "out"), "render_roles": roles, **extra}))
-    env = {"ANSIBLE_ROLES_PATH": str(ROLES_DIR), "ANSIBLE_NOCOLOR": "1", "ANSIBLE_RETRY_FILES_ENABLED": "0",
-           "ANSIBLE_LOCAL_TEMP": str(tmp / "ansible-tmp"), "PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin",
-           "HOME": str(tmp)}
+    variables.write_text(
+        json.dumps({"render_root": str(tmp / "out"), "render_roles": roles, **extra})
+    )
+    env = {
+        "ANSIBLE_ROLES_PATH": str(ROLES_DIR),
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_RETRY_FILES_ENABLED": "0",
+        "ANSIBLE_LOCAL_TEMP": str(tmp / "ansible-tmp"),
+        "PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin",
+        "HOME": str(tmp),
+    }
     return subprocess.run(
-        [str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,", "-c", "local",
-         "-e", f"ansible_python_interpreter={sys.executable}", "-e", f"@{variables}", str(PLAYBOOK)],
-        capture_output=True, text=True, env=env, check=False, timeout=300)
+        [
+            str(Path(sys.executable).parent / "ansible-playbook"),
+            "-i",
+            "localhost,",
+            "-c",
+            "local",
+            "-e",
+            f"ansible_python_interpreter={sys.executable}",
+            "-e",
+            f"@{variables}",
+            str(PLAYBOOK),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=300,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -77,19 +106,33 @@ def values_schema(chart: str) -> jsonschema.Draft7Validator:
 @pytest.mark.parametrize("role", ROLES)
 def test_argument_specs_cover_every_default(role: str) -> None:
     defaults = yaml.safe_load((ROLES_DIR / role / "defaults" / "main.yml").read_text())
-    specs = yaml.safe_load((ROLES_DIR / role / "meta" / "argument_specs.yml").read_text())["argument_specs"]
+    specs = yaml.safe_load((ROLES_DIR / role / "meta" / "argument_specs.yml").read_text())[
+        "argument_specs"
+    ]
     assert all(name.startswith(f"{role}_") for name in defaults)
     assert set(specs["main"]["options"]) == set(defaults)
     assert set(specs["render"]["options"]) == set(defaults) | {f"{role}_render_dir"}
     readme = (ROLES_DIR / role / "README.md").read_text()
-    assert all(f"`{name}`" in readme for name in defaults), "every variable is documented in the README"
+    assert all(f"`{name}`" in readme for name in defaults), (
+        "every variable is documented in the README"
+    )
 
 
 def test_ansible_lint_production_profile() -> None:
     done = subprocess.run(
-        [str(Path(sys.executable).parent / "ansible-lint"), "--offline", "--profile", "production",
-         *(f"roles/{role}" for role in ROLES)],
-        capture_output=True, text=True, cwd=conftest.ROOT, check=False, timeout=300)
+        [
+            str(Path(sys.executable).parent / "ansible-lint"),
+            "--offline",
+            "--profile",
+            "production",
+            *(f"roles/{role}" for role in ROLES),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=conftest.ROOT,
+        check=False,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
 
 
@@ -99,9 +142,12 @@ def test_releases_are_pinned_and_their_values_valid(rendered: Path, role: str) -
     assert found
     for release in found:
         assert release["repo_url"].startswith("https://")
-        assert release["version"][0] in "v0123456789" and not set("*^~><x") & set(release["version"])
-        errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
-                  for e in values_schema(release["chart"]).iter_errors(release["values"])]
+        assert release["version"][0] in "v0123456789"
+        assert not set("*^~><x") & set(release["version"])
+        errors = [
+            f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+            for e in values_schema(release["chart"]).iter_errors(release["values"])
+        ]
         assert not errors, (release["chart"], errors)
 
 
@@ -110,13 +156,25 @@ def test_releases_are_pinned_and_their_values_valid(rendered: Path, role: str) -
     [
         ("keda", "keda", ["operator", "replicaCount"], "replicas"),
         ("gpu_operator", "gpu-operator", ["driver", "enabled"], "enable"),
-        ("istio", "istiod", ["meshConfig", "extensionProviders", 0, "envoyExtAuthzHttp", "pathPrefix"], "path_prefix"),
+        (
+            "istio",
+            "istiod",
+            ["meshConfig", "extensionProviders", 0, "envoyExtAuthzHttp", "pathPrefix"],
+            "path_prefix",
+        ),
         ("pulsar", "pulsar", ["broker", "replicaCount"], "replica_count"),
         ("argocd", "argo-cd", ["configs", "cm"], "cms"),
-        ("argo_workflows", "argo-workflows", ["controller", "workflowNamespaces"], "workflowNamespace"),
+        (
+            "argo_workflows",
+            "argo-workflows",
+            ["controller", "workflowNamespaces"],
+            "workflowNamespace",
+        ),
     ],
 )
-def test_a_misspelt_value_key_fails(rendered: Path, role: str, chart: str, path: list[Any], typo: str) -> None:
+def test_a_misspelt_value_key_fails(
+    rendered: Path, role: str, chart: str, path: list[Any], typo: str
+) -> None:
     release = next(r for r in releases(rendered, role) if r["chart"] == chart)
     parent = release["values"]
     for key in path[:-1]:
@@ -126,12 +184,20 @@ def test_a_misspelt_value_key_fails(rendered: Path, role: str, chart: str, path:
 
 
 def test_role_settings_reach_the_values(tmp_path: Path) -> None:
-    done = render(tmp_path, ["gpu_operator", "pulsar"], {
-        "gpu_operator_driver_enabled": False, "gpu_operator_toolkit_enabled": False,
-        "pulsar_broker_replicas": 3, "pulsar_ensemble_size": 2})
+    done = render(
+        tmp_path,
+        ["gpu_operator", "pulsar"],
+        {
+            "gpu_operator_driver_enabled": False,
+            "gpu_operator_toolkit_enabled": False,
+            "pulsar_broker_replicas": 3,
+            "pulsar_ensemble_size": 2,
+        },
+    )
     assert done.returncode == 0, done.stdout[-4000:]
     gpu = releases(tmp_path / "out", "gpu_operator")[0]["values"]
-    assert gpu["driver"] == {"enabled": False} and gpu["toolkit"] == {"enabled": False}
+    assert gpu["driver"] == {"enabled": False}
+    assert gpu["toolkit"] == {"enabled": False}
     pulsar = releases(tmp_path / "out", "pulsar")[0]["values"]
     assert pulsar["broker"]["replicaCount"] == 3
     assert pulsar["broker"]["configData"]["managedLedgerDefaultEnsembleSize"] == "2"
@@ -147,29 +213,49 @@ def test_namespaces_and_secrets_are_valid(rendered: Path, validate_object: Valid
     found = [obj for role in ROLES for obj in objects(rendered, role) if obj["kind"] == "Namespace"]
     found += objects(rendered, "uplion_gitops", "secrets.yml")
     assert {o["metadata"]["name"] for o in found if o["kind"] == "Namespace"} >= {
-        "gpu-operator", "keda", "istio-system", "istio-ingress", "pulsar", "argocd", "argo",
-        "uplion-test", "uplion-staging", "uplion-production"}
+        "gpu-operator",
+        "keda",
+        "istio-system",
+        "istio-ingress",
+        "pulsar",
+        "argocd",
+        "argo",
+        "uplion-test",
+        "uplion-staging",
+        "uplion-production",
+    }
     for obj in found:
         validate_object(obj)
     gpu = next(o for o in objects(rendered, "gpu_operator") if o["kind"] == "Namespace")
     assert gpu["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"
-    ingress = next(o for o in objects(rendered, "istio") if o["metadata"]["name"] == "istio-ingress")
+    ingress = next(
+        o for o in objects(rendered, "istio") if o["metadata"]["name"] == "istio-ingress"
+    )
     assert ingress["metadata"]["labels"]["istio-injection"] == "enabled"
 
 
 def test_secrets_come_from_the_vault(rendered: Path) -> None:
-    secrets = {(s["metadata"]["namespace"], s["metadata"]["name"]): s
-               for s in objects(rendered, "uplion_gitops", "secrets.yml")}
+    secrets = {
+        (s["metadata"]["namespace"], s["metadata"]["name"]): s
+        for s in objects(rendered, "uplion_gitops", "secrets.yml")
+    }
     repository = secrets[("argocd", "uplion-repository")]
     assert repository["metadata"]["labels"] == {"argocd.argoproj.io/secret-type": "repository"}
-    assert repository["stringData"] == {"type": "git", "url": "https://github.com/uplion/uplion.git",
-                                        "username": "deploy", "password": "token-not-a-secret"}
+    assert repository["stringData"] == {
+        "type": "git",
+        "url": "https://github.com/uplion/uplion.git",
+        "username": "deploy",
+        "password": "token-not-a-secret",
+    }
     platform = secrets[("uplion-staging", "uplion-platform")]["stringData"]
     assert platform["UPLION_DATABASE_URL"] == "postgresql+asyncpg://uplion:pw@db.staging/uplion"
     tokens = secrets[("argo", "uplion-rollout-tokens")]["stringData"]
     assert tokens["production-admin-token"] == "adm-production"
-    assert set(tokens) == {f"{env}-{kind}-token" for env in ("test", "staging", "production")
-                           for kind in ("api", "admin")}
+    assert set(tokens) == {
+        f"{env}-{kind}-token"
+        for env in ("test", "staging", "production")
+        for kind in ("api", "admin")
+    }
     tasks = yaml.safe_load((ROLES_DIR / "uplion_gitops" / "tasks" / "main.yml").read_text())
     secret_task = next(t for t in tasks if "uplion_gitops_secret_objects" in t["loop"])
     assert secret_task["no_log"] is True
@@ -182,7 +268,9 @@ def test_no_vault_no_secrets(tmp_path: Path) -> None:
 
 
 def test_gitops_objects_are_valid_and_match_the_argocd_tree(rendered: Path) -> None:
-    argo = [o for o in objects(rendered, "uplion_gitops") if o["kind"] in ("AppProject", "Application")]
+    argo = [
+        o for o in objects(rendered, "uplion_gitops") if o["kind"] in ("AppProject", "Application")
+    ]
     assert [o["kind"] for o in argo] == ["AppProject", "Application"]
     assert argo_models.validate(argo) == [[], []]
     project, root = argo
