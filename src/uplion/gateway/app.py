@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from uplion import billing, broker, protocol, schemas
+from uplion import billing, broker, protocol, schemas, web
 from uplion.accounts import AccountService, Database, PrincipalCache
 from uplion.gateway import admin, authz, errors, kserve_v2, openai
 from uplion.gateway import deployments as deployment_api
@@ -66,7 +66,7 @@ def create_app(
     app = Starlette(
         routes=[*openai.ROUTES, *kserve_v2.ROUTES, *admin.ROUTES, *authz.ROUTES,
                 *deployment_api.ROUTES,
-                Route("/metrics", metrics_endpoint)],
+                Route("/metrics", metrics_endpoint), web.mount()],
         exception_handlers={
             errors.ApiError: _api_error,
             schemas.InvalidRequest: _invalid_request,
