@@ -22,7 +22,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="UPLION_", extra="ignore")
 
     broker_url: str = Field(
-        default="memory://", description="memory:// (embedded) or redis://host:port/db"
+        default="memory://",
+        description="memory:// (embedded), redis://host:port/db or pulsar://host:6650",
     )
     models_file: Path = Field(default=DEFAULT_MODELS_FILE, description="YAML list of models.")
     database_url: str | None = Field(

@@ -17,6 +17,7 @@ from starlette.applications import Starlette
 
 from uplion import billing, broker, cluster, config, gateway, wiring, worker
 from uplion.accounts import default_url, migrate
+from uplion.broker import pulsar_names
 from uplion.local.runtime import LocalPlatform
 from uplion.models import ModelSpec, load_models_file, resource
 from uplion.operator import events as operator_events
@@ -30,7 +31,7 @@ from uplion.worker.engines.base import Engine, Unrecoverable
 app = typer.Typer()
 
 ModelsOption = typer.Option(None, "--models", "-m", help="Models file (YAML).")
-BrokerOption = typer.Option(None, "--broker", "-b", help="memory:// or redis://host:port/db")
+BrokerOption = typer.Option(None, "--broker", "-b", help="memory://, redis://host:port/db or pulsar://host:6650")
 HostOption = typer.Option(None, "--host", help="Address to listen on.")
 PortOption = typer.Option(None, "--port", "-p", help="Port to listen on.")
 
@@ -135,14 +136,26 @@ def _gateway_app(
     )
 
 
+def workers_broker(url: str) -> resource.Broker:
+    """The broker of the AIModels this gateway creates: its own (Redis Streams or Pulsar)."""
+    if url.split(":", 1)[0] in pulsar_names.SCHEMES:
+        pulsar = pulsar_names.parse_url(url)
+        return resource.Broker(
+            kind="pulsar", url=pulsar.service_url, admin_url=pulsar.admin_url,
+            tenant=pulsar.tenant, namespace=pulsar.namespace,
+        )
+    return resource.Broker(kind="redis", url=url)
+
+
 async def _cluster_gateway(
     settings: config.Settings, backends: wiring.Backends, catalog: gateway.Catalog
 ) -> None:
     """A gateway whose /v1/modelDeployment manages AIModels and that routes what they serve."""
     client = await kube.Kube.connect()
     namespace = settings.namespace or os.environ.get("POD_NAMESPACE") or "default"
-    workers_broker = resource.Broker(kind="redis", url=settings.broker_url)  # Pulsar: to come
-    deployments = KubernetesDeployments(client, namespace, settings.image, workers_broker)
+    deployments = KubernetesDeployments(
+        client, namespace, settings.image, workers_broker(settings.broker_url)
+    )
     routes = cluster.AIModelRoutes(client, namespace, catalog)
 
     @contextlib.asynccontextmanager
