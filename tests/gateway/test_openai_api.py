@@ -219,7 +219,8 @@ def test_metrics_count_requests_tokens_and_backlog(
 ) -> None:
     client.chat.completions.create(model="echo", messages=[{"role": "user", "content": "m e"}])
     text = http.get("/metrics").text
-    assert 'uplion_requests_total{model="echo",protocol="openai-chat",status="200"}' in text
+    assert ('uplion_requests_total{model="echo",protocol="openai-chat",status="200",version="1"}'
+            in text)
     assert 'uplion_tokens_total{direction="completion",model="echo"}' in text
     assert "uplion_request_duration_seconds_bucket" in text
     assert "uplion_queue_wait_seconds_count" in text

@@ -31,6 +31,7 @@ from uplion.accounts.principal import Role
 from uplion.billing import usage_report
 from uplion.gateway import errors
 from uplion.gateway.state import state_of
+from uplion.models.deployment import TrafficSplit
 
 _encode = msgspec.json.Encoder().encode
 T = TypeVar("T")
@@ -171,7 +172,7 @@ async def usage(request: Request) -> Response:
 
 @admin_only
 async def list_models(request: Request) -> Response:
-    """Every model version: its health, replicas and backlog."""
+    """Every model version: its health, replicas, backlog and its model's traffic split."""
     state = state_of(request)
     data = []
     for route in state.catalog.routes():
@@ -183,8 +184,13 @@ async def list_models(request: Request) -> Response:
             "replicas": {"min": route.spec.replicas.min, "max": route.spec.replicas.max},
             "backlog": {"waiting": backlog.waiting, "in_flight": backlog.in_flight},
             "status": health.as_json(),
+            "traffic": _traffic(state.catalog.split(route.spec.name), route.spec.name),
         })
     return _json({"object": "list", "data": data})
+
+
+def _traffic(split: TrafficSplit | None, name: str) -> dict[str, Any] | None:
+    return None if split is None else {"model": name, **split.as_json()}
 
 
 @admin_only

@@ -15,7 +15,7 @@ from starlette.routing import Route
 
 from uplion import billing, broker, protocol, schemas, web
 from uplion.accounts import AccountService, Database, PrincipalCache
-from uplion.gateway import admin, authz, errors, kserve_v2, openai
+from uplion.gateway import admin, authz, errors, kserve_v2, openai, traffic
 from uplion.gateway import deployments as deployment_api
 from uplion.gateway.admission import Admission, AdmissionUnavailable
 from uplion.gateway.auth import Authenticator
@@ -65,7 +65,7 @@ def create_app(
 
     app = Starlette(
         routes=[*openai.ROUTES, *kserve_v2.ROUTES, *admin.ROUTES, *authz.ROUTES,
-                *deployment_api.ROUTES,
+                *deployment_api.ROUTES, *traffic.ROUTES,
                 Route("/metrics", metrics_endpoint), web.mount()],
         exception_handlers={
             errors.ApiError: _api_error,

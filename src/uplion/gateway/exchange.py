@@ -5,7 +5,9 @@ request's maximum tokens before the task is published. A call ends exactly once:
 failed, timed out, or abandoned by its client (then the task is cancelled so workers skip or stop
 it). At the end the reservation is settled with the real usage and one usage event goes to
 billing, both off the response's path. A stream abandoned midway is charged for the chunks that
-reached the client (one token each) plus the prompt estimate.
+reached the client (one token each) plus the prompt estimate. Every answer (a refusal by the limits
+aside) is counted in the metrics and the live stats of the model version that gave it, which the
+header ``x-uplion-model-version`` names.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from uplion.gateway.estimate import Estimate
 from uplion.gateway.health import HealthBoard
 from uplion.gateway.metrics import GatewayMetrics
 from uplion.gateway.relay import DeadlineExceeded, Inflight, Relay
+
+VERSION_HEADER = "x-uplion-model-version"
 
 
 class ClientGone(Exception):
@@ -53,15 +57,19 @@ class Exchange:
         by the limits a 429 with its headers."""
         model_health = self.health.of(route.spec.name, route.spec.version)
         if model_health.phase == "Failed":
-            self.metrics.requests.labels(route.spec.name, kind.value, "503").inc()
+            self.metrics.requests.labels(route.spec.name, route.spec.version, kind.value,
+                                         "503").inc()
+            self.metrics.route(route.spec.name, route.spec.version, kind.value).live.record(
+                503, 0.0)
             raise errors.ApiError(protocol.ErrorInfo(
                 f"The model `{route.spec.name}` has failed ({model_health.reason}): "
                 f"{model_health.message}", code="model_failed", status=503,
-            ))
+            ), headers={VERSION_HEADER: route.spec.version})
         task_id = protocol.new_task_id()
         decision = await self.admission.admit(caller, task_id, estimate.total)
         if not decision.allowed:
-            self.metrics.requests.labels(route.spec.name, kind.value, "429").inc()
+            self.metrics.requests.labels(route.spec.name, route.spec.version, kind.value,
+                                         "429").inc()
             raise errors.ApiError(protocol.ErrorInfo(
                 decision.message, type="requests" if decision.code == "rate_limit_exceeded"
                 else "insufficient_quota", code=decision.code, status=429,
@@ -79,7 +87,7 @@ class Exchange:
             await self.admission.settle(caller, task_id, estimate.total, 0)
             raise
         self.metrics.inflight.set(self.relay.inflight)
-        headers = decision.headers
+        headers = {**decision.headers, VERSION_HEADER: route.spec.version}
         if model_health.phase == "Pending":  # cold start: say where the request waits
             backlog = await self.relay.broker.backlog(route.topic, protocol.WORKER_GROUP)
             headers = {**headers, "x-uplion-queue-position": str(backlog.waiting)}
@@ -126,7 +134,8 @@ class Call:
         self.delivered_chunks = 0
         self._chunks = inflight.chunks()
         self._ended = False
-        self._metrics = exchange.metrics.route(route.spec.name, inflight.task.protocol.value)
+        self._metrics = exchange.metrics.route(
+            route.spec.name, route.spec.version, inflight.task.protocol.value)
 
     @property
     def task(self) -> protocol.Task:
@@ -139,15 +148,17 @@ class Call:
         except DeadlineExceeded:
             await self.inflight.abandon()
             self.end(504)
-            raise errors.deadline_exceeded(
+            timeout = errors.deadline_exceeded(
                 self.route.spec.name, self.route.spec.request_timeout_s
-            ) from None
+            )
+            timeout.headers[VERSION_HEADER] = self.route.spec.version
+            raise timeout from None
         if chunk.queue_wait_s is not None:
             self._metrics.queue_wait.observe(chunk.queue_wait_s)
         if chunk.kind == "error":
             error = chunk.error or protocol.ErrorInfo("The worker failed without a message.")
             self.end(error.status)
-            raise errors.ApiError(error)
+            raise errors.ApiError(error, {VERSION_HEADER: self.route.spec.version})
         if chunk.kind == "final":
             self.usage = chunk.usage
             self.end(200)
@@ -199,8 +210,12 @@ class Call:
             return
         self._ended = True
         metrics = self.exchange.metrics
-        metrics.requests.labels(self.route.spec.name, self.task.protocol.value, str(status)).inc()
-        self._metrics.latency.observe(time.perf_counter() - self.started)
+        spec = self.route.spec
+        metrics.requests.labels(spec.name, spec.version, self.task.protocol.value,
+                                str(status)).inc()
+        elapsed = time.perf_counter() - self.started
+        self._metrics.latency.observe(elapsed)
+        self._metrics.live.record(status, elapsed)
         metrics.inflight.set(self.exchange.relay.inflight)
         usage = self.usage
         if usage is None:  # no final chunk: charge what reached the client

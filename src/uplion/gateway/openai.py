@@ -50,10 +50,11 @@ async def retrieve_model(request: Request) -> Response:
 
 
 def _model_object(state: GatewayState, route: catalog.Route) -> dict[str, Any]:
-    """OpenAI's model object, plus uplion's ``status`` (phase, replicas, reason)."""
+    """OpenAI's model object, plus uplion's ``serves`` and ``status`` (phase, replicas, reason)."""
     health = state.health.of(route.spec.name, route.spec.version)
     return {"id": route.spec.name, "object": "model", "created": state.started,
-            "owned_by": route.spec.owned_by, "status": health.as_json()}
+            "owned_by": route.spec.owned_by, "serves": route.spec.serves,
+            "status": health.as_json()}
 
 
 async def _open(

@@ -4,6 +4,10 @@ Creating one adds the model to the gateway's catalog and its replicas to the aut
 starts ``min`` workers at once); deleting one drains its workers first. Deployments are kept in
 ``$UPLION_DATA_DIR/deployments.json`` and come back when ``uplion run`` starts again. Models of
 the models file are not deployments: they cannot be changed or deleted here.
+
+Each model's traffic split (its stable and canary versions, set through
+``/admin/models/{name}/traffic``) is kept beside them in ``traffic.json`` and applied again on
+start when its versions are still served, for the models of the models file too.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from uplion.models.deployment import (
     DeploymentNotFound,
     DeploymentPatch,
     DeploymentRequest,
+    TrafficSplit,
 )
 from uplion.worker import engines
 
@@ -42,13 +47,17 @@ class LocalDeployments(DeploymentBackend):
         self.replicas_for = replicas_for
         self.store = store
         self._deployments: dict[str, Deployment] = {}
+        self._traffic: dict[str, TrafficSplit] = {}
         self._lock = asyncio.Lock()
 
+    @property
+    def traffic_store(self) -> Path:
+        return self.store.with_name("traffic.json")
+
     async def restore(self) -> None:
-        """Serve the deployments saved by an earlier run."""
-        if not self.store.exists():
-            return
-        for raw in json.loads(self.store.read_text()):
+        """Serve the deployments saved by an earlier run, then apply the saved splits."""
+        saved = json.loads(self.store.read_text()) if self.store.exists() else []
+        for raw in saved:
             deployment = Deployment.model_validate(raw)
             try:
                 await self._serve(deployment.request.spec())
@@ -56,6 +65,24 @@ class LocalDeployments(DeploymentBackend):
                 log.error("deployment %s not restored: %s", deployment.id, error)
                 continue
             self._deployments[deployment.id] = deployment
+        self._restore_traffic()
+
+    def _restore_traffic(self) -> None:
+        if not self.traffic_store.exists():
+            return
+        for name, raw in json.loads(self.traffic_store.read_text()).items():
+            try:
+                split = TrafficSplit.from_json(raw)
+                self.catalog.set_split(name, split)
+            except (LookupError, TypeError, ValueError) as error:
+                log.warning("traffic split of %s not restored: %s", name, error)
+                continue
+            self._traffic[name] = split
+
+    async def set_traffic(self, name: str, split: TrafficSplit) -> None:
+        async with self._lock:
+            self._traffic[name] = split
+            self._save_traffic()
 
     async def create(self, request: DeploymentRequest) -> Deployment:
         async with self._lock:
@@ -99,6 +126,13 @@ class LocalDeployments(DeploymentBackend):
             await self.autoscaler.remove(spec.name, spec.version)
             del self._deployments[deployment_id]
             self._save()
+            if spec.name in self._traffic:  # keep the split the catalog fell back to
+                split = self.catalog.split(spec.name)
+                if split is None:
+                    del self._traffic[spec.name]
+                else:
+                    self._traffic[spec.name] = split
+                self._save_traffic()
         log.info("deleted deployment %s (%s@%s)", deployment_id, spec.name, spec.version)
 
     async def _serve(self, spec: ModelSpec) -> None:
@@ -109,9 +143,15 @@ class LocalDeployments(DeploymentBackend):
         await self.autoscaler.add(self.replicas_for(spec))
 
     def _save(self) -> None:
-        self.store.parent.mkdir(parents=True, exist_ok=True)
-        staging = self.store.with_suffix(".tmp")
-        staging.write_text(json.dumps(
-            [d.model_dump(mode="json") for d in self._deployments.values()], indent=2
-        ))
-        os.replace(staging, self.store)
+        _write(self.store, [d.model_dump(mode="json") for d in self._deployments.values()])
+
+    def _save_traffic(self) -> None:
+        _write(self.traffic_store, {n: s.as_json() for n, s in self._traffic.items()})
+
+
+def _write(path: Path, data: object) -> None:
+    """Replace ``path`` with ``data`` as JSON, atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_suffix(".tmp")
+    staging.write_text(json.dumps(data, indent=2))
+    os.replace(staging, path)

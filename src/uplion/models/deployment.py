@@ -4,14 +4,18 @@ The payload shape is the one model-serving platforms already use —
 ``{"type": "cpu"|"gpu", "model": {...}, "replicas": n, "request_res": {...}, "limit_res": {...}}``
 — where ``model`` is uplion's model spec, plus uplion's own ``gpus``. Resources are what a
 cluster schedules by; the local runtime records them and runs the model in-process.
+
+A backend also keeps each model's traffic split (``TrafficSplit``: the stable version, and a canary
+with its share of the requests that pin no version), so that a change survives a restart.
 """
 
 from __future__ import annotations
 
 import abc
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -88,6 +92,37 @@ class Deployment(BaseModel):
         return self.model_copy(update={"request": updated, "updated_at": datetime.now(UTC)})
 
 
+@dataclass(frozen=True, slots=True)
+class TrafficSplit:
+    """Which version answers a request that pins none: ``stable``, or ``canary`` for ``weight``
+    percent of them. ``ValueError`` when the weight is outside 0..100, a weight has no canary, or
+    the canary is the stable version."""
+
+    stable: str
+    canary: str | None = None
+    weight: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.weight <= 100:
+            raise ValueError(f"the canary weight must be within 0..100, not {self.weight}")
+        if self.canary is None and self.weight:
+            raise ValueError("a canary weight needs a canary version")
+        if self.canary == self.stable:
+            raise ValueError(f"the canary version must differ from the stable one ({self.stable})")
+
+    def as_json(self) -> dict[str, Any]:
+        canary = None if self.canary is None else {"version": self.canary, "weight": self.weight}
+        return {"stable": self.stable, "canary": canary}
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> TrafficSplit:
+        """The inverse of ``as_json``; ``ValueError`` (or ``KeyError``, ``TypeError``) if bad."""
+        canary = raw.get("canary")
+        if canary is None:
+            return cls(str(raw["stable"]))
+        return cls(str(raw["stable"]), str(canary["version"]), int(canary["weight"]))
+
+
 class DeploymentNotFound(LookupError):
     pass
 
@@ -115,3 +150,8 @@ class DeploymentBackend(abc.ABC):
 
     @abc.abstractmethod
     async def delete(self, deployment_id: str) -> None: ...
+
+    @abc.abstractmethod
+    async def set_traffic(self, name: str, split: TrafficSplit) -> None:
+        """Keep the split of the model ``name`` (whose versions the caller has checked are
+        routable); ``DeploymentConflict`` when this backend cannot hold it."""

@@ -6,6 +6,10 @@ deployment's id. Its spec comes from the request: ``type: gpu`` puts ``gpus`` in
 ``replicas`` becomes ``replicas.min``; the image and the broker are the backend's (the cluster's
 settings). ``created_at`` is the object's ``creationTimestamp``; ``updated_at`` the annotation
 ``uplion.ai/updated-at`` written on every change. The operator does the rest.
+
+A model's traffic split lives in one of its AIModels (``traffic_holder``): ``spec.version`` is the
+stable version, ``spec.canary`` the canary and its weight. Promoting the canary moves its image
+to ``spec.image``.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from uplion.models.deployment import (
     DeploymentPatch,
     DeploymentRequest,
     ResourceAmounts,
+    TrafficSplit,
 )
 from uplion.models.spec import EngineSpec, ModelSpec, ReplicaSpec
 from uplion.operator import decide, kube
@@ -94,6 +99,32 @@ def deployment_of(aimodel: dict[str, Any]) -> Deployment:
                       updated_at=updated or created)
 
 
+def traffic_holder(aimodels: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
+    """The AIModel that holds the split of the model ``name``: the one with a canary, else the
+    first listed."""
+    serving = [a for a in aimodels if (a.get("spec") or {}).get("name") == name]
+    with_canary = [a for a in serving if a["spec"].get("canary")]
+    if with_canary:
+        return with_canary[0]
+    return serving[0] if serving else None
+
+
+def traffic_patch(spec: dict[str, Any], split: TrafficSplit) -> dict[str, Any]:
+    """The ``spec`` merge patch that makes an AIModel hold ``split``; each version keeps its
+    image (the canary's ``image``, else ``spec.image``)."""
+    images = {spec.get("version", "1"): spec["image"]}
+    canary = spec.get("canary")
+    if canary:
+        images[canary["version"]] = canary.get("image") or spec["image"]
+    image = images.get(split.stable, spec["image"])
+    changes: dict[str, Any] = {"version": split.stable, "image": image, "canary": None}
+    if split.canary is not None:
+        canary_image = images.get(split.canary, image)
+        changes["canary"] = {"version": split.canary, "weight": split.weight,
+                             "image": canary_image if canary_image != image else None}
+    return changes
+
+
 class KubernetesDeployments(DeploymentBackend):
     """Deployments as AIModel objects in one namespace."""
 
@@ -156,3 +187,14 @@ class KubernetesDeployments(DeploymentBackend):
             await self.client.delete_aimodel(self.namespace, deployment_id)
         except kube.NotFound:
             raise DeploymentNotFound(f"No deployment {deployment_id!r}.") from None
+
+    async def set_traffic(self, name: str, split: TrafficSplit) -> None:
+        holder = traffic_holder(await self.client.list_aimodels(self.namespace), name)
+        if holder is None:
+            raise DeploymentConflict(
+                f"No AIModel in the namespace {self.namespace} serves the model {name!r} (the "
+                "gateway's models file does): its traffic split cannot change.")
+        await self.client.patch_aimodel(self.namespace, holder["metadata"]["name"], {
+            "metadata": {"annotations": {UPDATED_AT: decide.timestamp(datetime.now(UTC))}},
+            "spec": traffic_patch(holder["spec"], split),
+        })
