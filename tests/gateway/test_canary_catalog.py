@@ -32,6 +32,12 @@ def test_the_first_version_is_stable_until_the_split_says_otherwise() -> None:
     assert picked(catalog, "chat@1").version == "1"
     assert picked(catalog, "chat", "3").version == "3"
     assert catalog.resolve("chat@9") is None
+    catalog.set_split("chat", TrafficSplit("2", "3", 100))
+    assert picked(catalog, "chat").version == "3"
+    assert catalog.stable("chat") == catalog.resolve("chat@2")  # never the canary
+    assert catalog.stable("chat@3") == catalog.resolve("chat@3")
+    assert catalog.stable("chat@9") is None
+    assert catalog.stable("nope") is None
 
 
 def test_the_canary_share_follows_the_weight() -> None:

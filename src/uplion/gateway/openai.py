@@ -43,7 +43,7 @@ async def retrieve_model(request: Request) -> Response:
     state = state_of(request)
     caller = await state.auth.authenticate(request.headers)
     model = request.path_params["model"]
-    route = state.catalog.resolve(model)
+    route = state.catalog.stable(model)
     if route is None or not caller.may_use(route.spec.name):
         raise errors.model_not_found(model)
     return json_response(_model_object(state, route))
