@@ -3,7 +3,7 @@
 
 import * as api from "./api.js";
 import { modal } from "./dialogs.js";
-import { $, copy, h, replace } from "./dom.js";
+import { $, copy, h, labelCells, replace } from "./dom.js";
 import * as format from "./format.js";
 
 export function accountsPanel({ announce, fail }) {
@@ -42,6 +42,7 @@ export function accountsPanel({ announce, fail }) {
           onclick: () => act(() => api.call("PATCH", `/admin/users/${user.id}`,
             { active: !user.active }), `${user.name} ${user.active ? "disabled" : "enabled"}.`),
         }, user.active ? "Disable" : "Enable"))))));
+    labelCells($("#users-table"));
     const select = $("#token-user");
     const chosen = select.value;
     replace(select, people.users.filter((u) => u.active).map((user) =>
@@ -72,6 +73,7 @@ export function accountsPanel({ announce, fail }) {
             onclick: () => revoke(token),
           }, "Revoke"))));
     }));
+    labelCells($("#tokens-table"));
   }
 
   function editLimits(title, holder, path) {

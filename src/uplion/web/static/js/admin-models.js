@@ -3,7 +3,7 @@
 
 import * as api from "./api.js";
 import { modal } from "./dialogs.js";
-import { $, h, replace } from "./dom.js";
+import { $, h, labelCells, replace } from "./dom.js";
 import { count } from "./format.js";
 
 const REFRESH_MS = 3000;
@@ -45,12 +45,15 @@ export function modelsPanel({ announce, fail }) {
     if (!models.data.length) {
       replace(body, h("tr", {}, h("td", { colspan: 8 }, "No model is served.")));
     }
+    labelCells($("#models-table"));
   }
 
   function addRow(key) {
     const cells = Array.from({ length: 6 }, (_, i) => h("td", i === 3 || i === 4 ? { class: "num" } : {}));
     const actions = h("td");
-    const row = h("tr", { "data-model": key }, h("th", { scope: "row" }, key), cells, actions);
+    cells[5].classList.add("nowrap");
+    const row = h("tr", { "data-model": key }, h("th", { scope: "row", class: "nowrap" }, key),
+      cells, actions);
     const entry = { row, cells, actions, signature: null };
     rows.set(key, entry);
     return entry;
@@ -62,13 +65,15 @@ export function modelsPanel({ announce, fail }) {
     const reason = model.status.reason
       ? `${model.status.reason}${model.status.message ? `: ${model.status.message}` : ""}`
       : (phase === "Running" ? "" : model.status.message ?? "");
-    replace(status, h("span", { class: `phase phase-${phase}` }, phase),
-      reason ? h("span", { class: "detail" }, reason) : null);
-    replicas.textContent = `${model.status.replicas} live · min ${model.replicas.min}, `
-      + `max ${model.replicas.max}`;
-    backlog.textContent = `${model.backlog.waiting} waiting · ${model.backlog.in_flight} in flight`;
+    // One element per cell: on a phone a cell is a "heading: value" grid of two.
+    replace(status, h("span", {}, h("span", { class: `phase phase-${phase}` }, phase),
+      reason ? h("span", { class: "detail" }, reason) : null));
+    replace(replicas, h("span", {}, `${model.status.replicas} live`,
+      h("span", { class: "detail" }, `min ${model.replicas.min}, max ${model.replicas.max}`)));
+    replace(backlog, h("span", {}, `${model.backlog.waiting} waiting`,
+      h("span", { class: "detail" }, `${model.backlog.in_flight} in flight`)));
     rate.textContent = figure ? figure.requests_per_s.toFixed(2) : NONE;
-    p95.textContent = figure ? `${Math.round(figure.p95_ms)} ms` : NONE;
+    p95.textContent = figure ? milliseconds(figure.p95_ms) : NONE;
     traffic.textContent = trafficText(model);
     // The action buttons are rebuilt only when what they act on changes (keeps keyboard focus).
     const canSplit = Boolean(model.traffic) && siblings.length > 1;
@@ -160,6 +165,10 @@ export function modelsPanel({ announce, fail }) {
     },
     refresh,
   };
+}
+
+function milliseconds(value) {
+  return value < 10 ? `${value.toFixed(1)} ms` : `${Math.round(value)} ms`;
 }
 
 function label(deployment) {

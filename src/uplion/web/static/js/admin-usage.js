@@ -4,7 +4,7 @@
 import * as api from "./api.js";
 import { COLOURS, stackedBars, swatch } from "./chart.js";
 import { download, toCsv } from "./csv.js";
-import { $, h, replace } from "./dom.js";
+import { $, h, labelCells, replace } from "./dom.js";
 import { number } from "./format.js";
 
 const HOUR_MS = 3600 * 1000;
@@ -16,7 +16,8 @@ const CSV_HEADER = ["hour", "user_id", "user_name", "token_id", "model", "reques
 
 export function usagePanel({ fail, userName }) {
   const form = $("#usage-form");
-  let loaded = { rows: [], since: new Date() };
+  let loaded = { rows: [], since: new Date(), step: DAY_MS };
+  let drawnWidth = 0;
 
   async function refresh() {
     $("#usage-error").textContent = "";
@@ -25,13 +26,13 @@ export function usagePanel({ fail, userName }) {
     const since = new Date(Math.floor((Date.now() - hours * HOUR_MS) / step) * step);
     try {
       const answer = await api.call("GET", `/admin/usage?since=${encodeURIComponent(since.toISOString())}`);
-      loaded = { rows: answer.data, since };
+      loaded = { rows: answer.data, since, step };
     } catch (error) {
       if (error.status === 401) fail(error);
       else $("#usage-error").textContent = api.describe(error);
       return;
     }
-    show(step);
+    show();
   }
 
   function label(group, key) {
@@ -40,7 +41,9 @@ export function usagePanel({ fail, userName }) {
     return key;
   }
 
-  function show(step) {
+  function show() {
+    const { step } = loaded;
+    drawnWidth = $("#usage-chart").clientWidth;
     const group = form.elements.group.value;
     const measure = form.elements.measure.value;
     const value = (row) => (measure === "tokens" ? row.prompt_tokens + row.completion_tokens
@@ -80,13 +83,17 @@ export function usagePanel({ fail, userName }) {
     }
     const grand = series.reduce((sum, one) => sum + one.values.reduce((a, b) => a + b, 0), 0);
     const per = step === DAY_MS ? "day" : "hour";
+    const description = `${measure} per ${per} and ${GROUP_NAMES[group].toLowerCase()}: `
+      + `${number(grand)} in all`;
+    $("#usage-summary").textContent = loaded.rows.length
+      ? `${description[0].toUpperCase()}${description.slice(1)} (UTC).`
+      : "No usage in this period.";
     replace($("#usage-chart"), loaded.rows.length
       ? stackedBars({
-        labels: Array.from({ length: buckets }, (_, i) => stamp(i)), series,
-        description: `${measure} per ${per} and ${GROUP_NAMES[group].toLowerCase()}: `
-          + `${number(grand)} in all`,
+        labels: Array.from({ length: buckets }, (_, i) => stamp(i)), series, description,
+        width: drawnWidth || 720,
       })
-      : h("p", { class: "note" }, "No usage in this period."));
+      : null);
     replace($("#usage-legend"), series.map((one) => h("li", {}, swatch(one.colour), one.name,
       ` (${number(one.values.reduce((a, b) => a + b, 0))})`)));
     $("#usage-group-head").textContent = GROUP_NAMES[group];
@@ -100,6 +107,7 @@ export function usagePanel({ fail, userName }) {
         h("td", { class: "num" }, number(sum.completion)),
         h("td", { class: "num" }, sum.requests ? `${Math.round(sum.latency / sum.requests)} ms` : "—"));
     }));
+    labelCells($("#usage-table"));
   }
 
   form.addEventListener("submit", (event) => {
@@ -107,6 +115,11 @@ export function usagePanel({ fail, userName }) {
     refresh();
   });
   form.addEventListener("change", () => refresh());
+  // Redrawn at the width it is shown at (a phone turned, a window resized).
+  new ResizeObserver(() => {
+    const width = $("#usage-chart").clientWidth;
+    if (width && Math.abs(width - drawnWidth) > 40 && loaded.rows.length) show();
+  }).observe($("#usage-chart"));
   $("#usage-csv").addEventListener("click", () => {
     const rows = loaded.rows.map((row) => [row.hour, row.user_id, userName(row.user_id),
       row.token_id, row.model, row.requests, row.errors, row.prompt_tokens,

@@ -6,7 +6,6 @@ import { s } from "./dom.js";
 export const COLOURS = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00",
   "#F0E442", "#8C8C8C"];
 
-const WIDTH = 720;
 const HEIGHT = 240;
 const PAD = { top: 12, right: 8, bottom: 28, left: 56 };
 
@@ -24,9 +23,11 @@ function short(value) {
 
 /**
  * The chart of `series` ([{name, colour, values}]) over `labels` (one per bar), summarised in
- * `description` for screen readers (the table beside it has the figures).
+ * `description` for screen readers (the table beside it has the figures). Drawn `width` units
+ * wide: the width it is shown at, so that its text keeps its size.
  */
-export function stackedBars({ labels, series, description }) {
+export function stackedBars({ labels, series, description, width = 720 }) {
+  const WIDTH = Math.max(300, Math.round(width));
   const totals = labels.map((_, i) => series.reduce((sum, one) => sum + one.values[i], 0));
   const top = ceiling(Math.max(1, ...totals));
   const plotWidth = WIDTH - PAD.left - PAD.right;
@@ -55,7 +56,7 @@ export function stackedBars({ labels, series, description }) {
       base += value;
     }
   });
-  const every = Math.max(1, Math.ceil(labels.length / 6));
+  const every = Math.max(1, Math.ceil(labels.length / Math.max(2, Math.floor(WIDTH / 110))));
   labels.forEach((label, i) => {
     if (i % every) return;
     chart.append(s("text", {

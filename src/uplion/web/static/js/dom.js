@@ -42,6 +42,16 @@ export function replace(element, ...children) {
 
 export const $ = (selector, root = document) => root.querySelector(selector);
 
+/** Give each body cell of `table` its column's heading as `data-label` (phone-sized cards). */
+export function labelCells(table) {
+  const headings = [...table.tHead.rows[0].cells].map((cell) => cell.textContent.trim());
+  for (const row of table.tBodies[0].rows) {
+    [...row.cells].forEach((cell, i) => {
+      if (headings[i] && cell.colSpan === 1) cell.setAttribute("data-label", headings[i]);
+    });
+  }
+}
+
 /** Copy text to the clipboard; falls back to selecting it in `field` where the API is missing. */
 export async function copy(text, field) {
   try {
