@@ -156,3 +156,28 @@ def test_a_member_only_sees_the_models_it_may_use_and_not_the_admin_page(
     page.get_by_role("link", name="Admin").click()
     expect(page.locator("#sign-in-error")).to_contain_text(
         "Not allowed: This endpoint needs an admin API key.")
+
+
+def test_the_chat_works_from_the_keyboard_alone(
+    served: helpers.Served, page: Page, screenshots: Path
+) -> None:
+    page.goto(served.url + "/ui/chat")
+    expect(page.locator("#token")).to_be_focused()
+    page.keyboard.type(served.admin_token or "")
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("textbox", name="Message")).to_be_focused()
+    for _ in range(5):  # from the message box back to the model picker
+        page.keyboard.press("Shift+Tab")
+        if page.evaluate("document.activeElement.id") == "model":
+            break
+    expect(page.get_by_label("Model")).to_be_focused()
+    page.get_by_label("Model").select_option("echo-slow")
+    page.get_by_role("textbox", name="Message").focus()
+    page.keyboard.type("first line")
+    page.keyboard.press("Shift+Enter")  # a new line, not sent
+    page.keyboard.type(LONG_TEXT)
+    page.keyboard.press("Enter")
+    expect(page.locator('.message.assistant[aria-busy="true"] .body')).to_contain_text("word1")
+    page.keyboard.press("Escape")  # stops the answer
+    expect(page.locator(".message.assistant .meta").last).to_contain_text("stopped")
+    expect(page.locator(".message.user").last).to_contain_text("first line\nword0")

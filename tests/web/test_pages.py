@@ -9,6 +9,7 @@ import httpx
 from playwright.sync_api import Page
 
 from tests import helpers
+from tests.web import ui
 
 
 def test_pages_are_served_with_a_strict_content_security_policy(served: helpers.Served) -> None:
@@ -117,3 +118,18 @@ def test_markdown_renders_answers_and_never_runs_their_markup(
     assert '<img src=x onerror="window.hacked=1">' in rendered["text"]
     assert "bad" in rendered["text"]
     assert "snake_case_name" in rendered["text"]
+
+
+UNLABELLED = """() => [...document.querySelectorAll('input, select, textarea, button')]
+  .filter((e) => e.type !== 'hidden')
+  .filter((e) => !(e.labels?.length || e.getAttribute('aria-label') || e.textContent.trim()))
+  .map((e) => e.outerHTML)"""
+
+
+def test_every_control_of_both_pages_has_a_name(served: helpers.Served, page: Page) -> None:
+    ui.sign_in(page, served.url, served.admin_token or "")
+    page.locator("#sign-out").wait_for()
+    assert page.evaluate(UNLABELLED) == []
+    page.goto(served.url + "/ui/admin")  # signed in already: the token is kept in the tab
+    page.locator("#models-table tbody tr").first.wait_for()
+    assert page.evaluate(UNLABELLED) == []
