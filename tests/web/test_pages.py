@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -74,7 +75,11 @@ print("<b>not bold</b>")
 RENDER = """async (source) => {
   const { render } = await import('./static/js/markdown.js');
   const box = document.createElement('div');
-  box.append(render(source));
+  box.className = 'message assistant';
+  const body = document.createElement('div');
+  body.className = 'body';
+  body.append(render(source));
+  box.append(body);
   document.body.append(box);
   const all = (selector) => [...box.querySelectorAll(selector)];
   return {
@@ -97,7 +102,7 @@ RENDER = """async (source) => {
 
 
 def test_markdown_renders_answers_and_never_runs_their_markup(
-    served: helpers.Served, page: Page
+    served: helpers.Served, page: Page, screenshots: Path
 ) -> None:
     page.goto(served.url + "/ui/chat")
     rendered: dict[str, Any] = page.evaluate(RENDER, MARKDOWN)
@@ -118,6 +123,7 @@ def test_markdown_renders_answers_and_never_runs_their_markup(
     assert '<img src=x onerror="window.hacked=1">' in rendered["text"]
     assert "bad" in rendered["text"]
     assert "snake_case_name" in rendered["text"]
+    ui.shoot(page, screenshots, "markdown")
 
 
 UNLABELLED = """() => [...document.querySelectorAll('input, select, textarea, button')]
