@@ -191,6 +191,51 @@ def test_bad_inventories_fail_fast_with_a_clear_message(case: str, tmp_path: Pat
     assert message in " ".join(output.split()), output
 
 
+def test_destroy_does_nothing_unless_confirmed(tmp_path: Path) -> None:
+    """destroy.yml without "yes": it fails, resets no node and deletes nothing (the nodes here
+    do not exist: any attempt to reach them would show as unreachable)."""
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text(
+        yaml.safe_dump(
+            {
+                "all": {
+                    "vars": BAREMETAL_VARS,
+                    "children": {
+                        **THREE_GROUPS,
+                        "control_plane": {"hosts": {"cp-0": {"ansible_host": "192.0.2.10"}}},
+                    },
+                }
+            }
+        )
+    )
+    done = ansible_env.run(
+        [
+            "ansible-playbook",
+            "-i",
+            str(inventory),
+            str(PLAYBOOKS / "destroy.yml"),
+            "-e",
+            "uplion_destroy_confirmation=no",
+        ]
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode != 0, output
+    assert "Not confirmed; nothing was destroyed." in output
+    assert "unreachable=1" not in output
+    assert "changed=1" not in output
+
+
+def test_provision_on_bare_metal_checks_the_inventory_and_creates_nothing() -> None:
+    done = ansible_env.run(
+        ["ansible-playbook", "-i", str(INVENTORIES / "baremetal"), str(PLAYBOOKS / "provision.yml")]
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert "Check the inventory declares its groups" in output
+    assert "changed=0" in output
+    assert "failed=0" in output
+
+
 # --- argument specs ---------------------------------------------------------------------------
 
 
