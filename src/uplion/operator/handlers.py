@@ -70,7 +70,11 @@ async def reconcile(*, body: kopf.Body, patch: kopf.Patch, memo: Any, **_: Any) 
     try:
         for obj in objects:
             await client.apply(obj)
-        status = await _status(client, body, generation)
+        # kopf's body can predate the status this handler set a moment ago (two handling cycles
+        # in a row): the conditions come from the object as stored, so that the time a
+        # generation was applied stays put and a worker's failure since then still counts.
+        stored = await client.get_aimodel(namespace, body["metadata"]["name"])
+        status = await _status(client, {**body, "status": stored.get("status")}, generation)
     except kube.ApiError as error:
         raise kopf.TemporaryError(str(error), delay=RETRY_DELAY_S) from error
     patch.status.update(status)
