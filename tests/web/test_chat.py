@@ -158,6 +158,19 @@ def test_a_member_only_sees_the_models_it_may_use_and_not_the_admin_page(
         "Not allowed: This endpoint needs an admin API key.")
 
 
+def test_only_text_models_are_offered_for_chat(
+    served: helpers.Served, page: Page
+) -> None:
+    listed = httpx.get(served.url + "/v1/models", headers=served.headers).json()["data"]
+    assert {"echo-embed": "embedding"}.items() <= {m["id"]: m["serves"] for m in listed}.items()
+    ui.open_chat(page, served.url, served.admin_token)
+    options = page.locator("#model option")
+    expect(options.first).to_contain_text("echo")
+    offered = [text.split(" ")[0] for text in options.all_inner_texts()]
+    assert "echo-embed" not in offered
+    assert {"echo", "echo-slow", "broken"} <= set(offered)
+
+
 def test_the_chat_works_from_the_keyboard_alone(
     served: helpers.Served, page: Page, screenshots: Path
 ) -> None:

@@ -48,7 +48,9 @@ function stopSession(error) {
 
 // Models ---------------------------------------------------------------------------------------
 
-function showModels(models) {
+function showModels(listed) {
+  // Chat is for text models; embedding models are listed by the API too but answer no chat.
+  const models = listed.filter((model) => (model.serves ?? "text-generation") === "text-generation");
   page.models = models;
   const select = $("#model");
   const wanted = page.history.current?.model || select.value || models[0]?.id;
