@@ -41,6 +41,13 @@ def test_ui_root_leads_to_the_chat_and_unknown_paths_are_json_404s(
     assert missing.json()["error"]["code"] == "unknown_url"
 
 
+def test_uplion_run_says_where_the_pages_are(served: helpers.Served) -> None:
+    banner = served.log.read_text()
+    assert f"Web:         {served.url}/ui/chat" in banner
+    assert f"{served.url}/ui/admin" in banner
+    assert httpx.get(served.url + "/ui/admin").status_code == 200
+
+
 def test_static_files_are_served_from_the_package(served: helpers.Served) -> None:
     script = httpx.get(served.url + "/ui/static/js/chat.js")
     assert script.status_code == 200

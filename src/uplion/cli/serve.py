@@ -60,6 +60,7 @@ def _banner(settings: config.Settings, specs: list[ModelSpec]) -> str:
     return "\n".join([
         f"uplion is serving {', '.join(s.name for s in specs)} on {settings.broker_url}",
         f"  OpenAI API:  {base}/v1   (KServe v2: {base}/v2, metrics: {base}/metrics)",
+        f"  Web:         {base}/ui/chat   (admin dashboard: {base}/ui/admin)",
         "  try (with an API token in UPLION_TOKEN):",
         f"    curl {base}/v1/chat/completions -H \"Authorization: Bearer $UPLION_TOKEN\" \\",
         "      -H 'Content-Type: application/json' \\",
