@@ -5,25 +5,21 @@ the one seam the broker uses over HTTP: ``GET /admin/v2/persistent/{tenant}/{nam
 /stats``, answering documents shaped as Pulsar documents them (``TopicStats``), 404 with Pulsar's
 ``{"reason": "Topic not found"}`` for unknown topics, a 307 redirect to the owning broker when
 told to, an error status or a delay when told to. The Pulsar client itself runs for real in the
-other tests. Runs uvicorn on a thread of its own, as ``tests/worker/fake_provider.py`` does.
+other tests. Runs on a thread of its own (tests/threaded_server.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
-import time
-from types import TracebackType
 from typing import Any
 
 import msgspec
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from tests.ports import free_port
+from tests.threaded_server import ThreadedServer
 
 STATS_PATH = "/admin/v2/persistent/{tenant}/{namespace}/{topic}/stats"
 
@@ -85,44 +81,21 @@ def topic_stats(subscriptions: dict[str, tuple[int, int]]) -> dict[str, Any]:
     }
 
 
-class StatsServer:
+class StatsServer(ThreadedServer):
     """``with StatsServer() as server:`` serves at ``server.url``; set ``documents`` by path."""
 
     def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         self.documents: dict[str, bytes] = {}
         self.requests: list[str] = []
         self.redirect_to: str | None = None
         self.delay_s = 0.0
         self.fail_status: int | None = None
         app = Starlette(routes=[Route(STATS_PATH, self._stats)])
-        config = uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, log_config=None, log_level="critical",
-            lifespan="off", ws="none", loop="asyncio", timeout_graceful_shutdown=1,
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, name="pulsar-stats", daemon=True)
+        super().__init__(app, "Pulsar stats stand-in")
 
     def serve(self, path: str, document: dict[str, Any] | bytes) -> None:
         self.documents[path] = (document if isinstance(document, bytes)
                                 else msgspec.json.encode(document))
-
-    def __enter__(self) -> StatsServer:
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("the stats server did not start")
-            time.sleep(0.01)
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None,
-        trace: TracebackType | None,
-    ) -> None:
-        self._server.should_exit = True
-        self._thread.join(10)
 
     async def _stats(self, request: Request) -> Response:
         path = request.url.path

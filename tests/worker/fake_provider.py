@@ -1,7 +1,7 @@
 """A fake OpenAI-compatible provider on loopback, scripted per API key, for upstream engine tests.
 
-It runs uvicorn in a thread of its own (its own event loop, so its latency never blocks the
-test's). Each key has a ``Script``: latency, a fixed status to answer (401, 429 with
+It runs on a thread of its own (tests/threaded_server.py), so its latency never blocks the
+test's loop. Each key has a ``Script``: latency, a fixed status to answer (401, 429 with
 ``Retry-After``, 500), a concurrency it enforces with 429s, a delay between streamed chunks, a
 stream that breaks after some chunks, and whether a usage chunk is sent. Keys without a script
 are refused with a 401. Scripts change while it runs; it counts calls and peak concurrency per key.
@@ -15,21 +15,18 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import threading
-import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 import msgspec
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from tests.ports import free_port
+from tests.threaded_server import ThreadedServer
 
 
 class BrokenStream(Exception):
@@ -47,12 +44,10 @@ class Script:
     usage: bool = True
 
 
-class FakeProvider:
+class FakeProvider(ThreadedServer):
     """``with FakeProvider() as provider:`` serves at ``provider.base_url`` (``.../v1``)."""
 
     def __init__(self) -> None:
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}/v1"
         self._lock = threading.Lock()
         self._scripts: dict[str, Script] = {}
         self.calls: Counter[str] = Counter()
@@ -65,28 +60,8 @@ class FakeProvider:
             Route("/v1/completions", self._completions, methods=["POST"]),
             Route("/v1/embeddings", self._embeddings, methods=["POST"]),
         ])
-        config = uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, log_config=None, log_level="critical",
-            lifespan="off", ws="none", loop="asyncio",
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, name="fake-provider", daemon=True)
-
-    def __enter__(self) -> FakeProvider:
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("the fake provider did not start")
-            time.sleep(0.01)
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None,
-        trace: TracebackType | None,
-    ) -> None:
-        self._server.should_exit = True
-        self._thread.join(10)
+        super().__init__(app, "fake provider")
+        self.base_url = f"{self.url}/v1"
 
     def script(self, key: str, **changes: Any) -> None:
         """Set (or change) what ``key`` does; a new key starts from the defaults."""
