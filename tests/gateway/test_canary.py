@@ -104,6 +104,26 @@ def test_rollback_then_promote(served: helpers.Served, admin: httpx.Client) -> N
     set_traffic(admin, {"stable": "1"})
 
 
+def test_v2_readiness_and_metadata_describe_the_stable_version(
+    served: helpers.Served, admin: httpx.Client
+) -> None:
+    """A canary at 100 % that is not ready yet (scaled to zero) does not make the model look
+    unready: only inference is drawn, descriptions are of the stable version."""
+    created = admin.post("/v1/modelDeployment", json={
+        "model": {"name": "echo", "version": "3", "engine": {"kind": "test-echo"}},
+        "replicas": 0})
+    assert created.status_code == 201, created.text
+    try:
+        set_traffic(admin, {"stable": "1", "canary": {"version": "3", "weight": 100}})
+        for _ in range(20):
+            assert admin.get("/v2/models/echo/ready").status_code == 200
+        assert admin.get("/v2/models/echo/versions/3/ready").json()["phase"] == "Pending"
+        assert admin.get("/v2/models/echo").json()["versions"] == ["1", "2", "3"]
+    finally:
+        set_traffic(admin, {"stable": "1", "canary": None})
+        assert admin.delete(f"/v1/modelDeployment/{created.json()['id']}").status_code == 200
+
+
 @pytest.mark.parametrize(("model", "body", "status", "code", "param"), [
     ("nope", {"canary": None}, 404, "model_not_found", "model"),
     ("echo", {"canary": {"version": "9", "weight": 10}}, 400, "version_not_found",

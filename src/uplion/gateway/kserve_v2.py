@@ -45,12 +45,17 @@ async def ready(request: Request) -> Response:
     return json_response({"ready": is_ready}, status=200 if is_ready else 503)
 
 
-async def _route(request: Request) -> tuple[catalog.Route, Principal]:
-    """The model the path names, if the caller may use it (404 otherwise, as for unknown)."""
+async def _route(request: Request, *, draw: bool) -> tuple[catalog.Route, Principal]:
+    """The model the path names, if the caller may use it (404 otherwise, as for unknown).
+
+    ``draw``: an unpinned inference goes to the canary by its weight; metadata and readiness
+    describe the model's stable version (what a client gets unless it is drawn)."""
     caller = await state_of(request).auth.authenticate(request.headers)
     name = request.path_params["name"]
     version = request.path_params.get("version")
-    route = state_of(request).catalog.resolve(name, version)
+    routes = state_of(request).catalog
+    route = (routes.resolve(name, version) if draw
+             else routes.stable(f"{name}@{version}" if version else name))
     if route is None or not caller.may_use(route.spec.name):
         shown = f"{name} version {version}" if version else name
         raise errors.ApiError(protocol.ErrorInfo(
@@ -61,7 +66,7 @@ async def _route(request: Request) -> tuple[catalog.Route, Principal]:
 
 
 async def model_metadata(request: Request) -> Response:
-    route, _ = await _route(request)
+    route, _ = await _route(request, draw=False)
     inputs, outputs = _TENSORS[route.spec.serves]
     return json_response({
         "name": route.spec.name, "versions": state_of(request).catalog.versions(route.spec.name),
@@ -70,7 +75,7 @@ async def model_metadata(request: Request) -> Response:
 
 
 async def model_ready(request: Request) -> Response:
-    route, _ = await _route(request)
+    route, _ = await _route(request, draw=False)
     health = state_of(request).health.of(route.spec.name, route.spec.version)
     return json_response({"name": route.spec.name, "ready": health.ready, "phase": health.phase,
                           "reason": health.reason, "message": health.message},
@@ -78,7 +83,7 @@ async def model_ready(request: Request) -> Response:
 
 
 async def infer(request: Request) -> Response:
-    route, caller = await _route(request)
+    route, caller = await _route(request, draw=True)
     if "inference-header-content-length" in request.headers:
         raise errors.invalid_request(
             "The binary tensor data extension is not supported: send tensors as JSON "
