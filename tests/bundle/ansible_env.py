@@ -9,11 +9,13 @@ The repository root is the collection root; Ansible finds collections only under
 from __future__ import annotations
 
 import functools
+import json
 import os
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -63,3 +65,23 @@ def run(
 def roles() -> list[str]:
     """Every role of the collection."""
     return sorted(path.name for path in ROLES.iterdir() if (path / "tasks").is_dir())
+
+
+# Importing Ansible patches interpreter built-ins (``sys.intern``) for the whole process, which
+# later breaks torch's compiler in the same test session: Ansible's own code runs in a child.
+_VALIDATE = """
+import json, sys
+from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+options, values = json.load(sys.stdin)
+print(json.dumps(ArgumentSpecValidator(options).validate(values).error_messages))
+"""
+
+
+def argument_errors(options: dict[str, Any], values: dict[str, Any]) -> list[str]:
+    """What Ansible's argument spec validator says of ``values`` under ``options``."""
+    done = subprocess.run(
+        [sys.executable, "-c", _VALIDATE], input=json.dumps([options, values]),
+        capture_output=True, text=True, check=True, timeout=60,
+    )
+    errors: list[str] = json.loads(done.stdout)
+    return errors
