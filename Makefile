@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/pip --disable-pip-version-check -q
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := $(VENV)/.installed
-# Debian packages the test suite runs for real.
+# Debian packages the test suite runs for real (and npm, for the Argo schema packages).
 TEST_PACKAGES := redis-server postgresql chromium debootstrap
 BENCH_PACKAGES := wrk
 
@@ -33,6 +33,7 @@ $(STAMP): pyproject.toml
 system-packages:
 	@missing=""; for pkg in $(TEST_PACKAGES); do \
 	  dpkg -s $$pkg >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
+	command -v npm >/dev/null || missing="$$missing npm"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
