@@ -4,7 +4,8 @@ It runs on a thread of its own (tests/threaded_server.py), so its latency never 
 test's loop. Each key has a ``Script``: latency, a fixed status to answer (401, 429 with
 ``Retry-After``, 500), a concurrency it enforces with 429s, a delay between streamed chunks, a
 stream that breaks after some chunks, and whether a usage chunk is sent. Keys without a script
-are refused with a 401. Scripts change while it runs; it counts calls and peak concurrency per key.
+are refused with a 401. Scripts change while it runs; it counts calls and peak concurrency per key,
+and notes the client ports that asked for answers (one per connection).
 
 Chat answers echo the last user message word by word (``max_tokens`` cuts it, finish ``length``);
 completions echo the prompt; a ``temperature`` above 2 is refused with a 400, as OpenAI does.
@@ -54,6 +55,7 @@ class FakeProvider(ThreadedServer):
         self.probes: Counter[str] = Counter()
         self.peak: Counter[str] = Counter()
         self._running: Counter[str] = Counter()
+        self.ports: set[int] = set()
         app = Starlette(routes=[
             Route("/v1/models", self._models),
             Route("/v1/chat/completions", self._chat, methods=["POST"]),
@@ -80,6 +82,7 @@ class FakeProvider(ThreadedServer):
             self.probes.clear()
             self.peak.clear()
             self._running.clear()
+            self.ports.clear()
 
     # The server side, run on the server's thread.
 
@@ -125,6 +128,9 @@ class FakeProvider(ThreadedServer):
         self, request: Request, body: dict[str, Any], text: str, prompt: str, chat: bool
     ) -> Response:
         key = _key(request)
+        if request.client is not None:
+            with self._lock:
+                self.ports.add(request.client.port)
         refusal = await self._begin(key)
         if refusal is not None:
             return refusal

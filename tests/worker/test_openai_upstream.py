@@ -107,6 +107,13 @@ async def test_streams_delta_by_delta_and_maps_usage(provider: FakeProvider, mak
     assert arrivals[-1] - arrivals[0] > 0.3
 
 
+async def test_connections_are_kept_alive(provider: FakeProvider, make: Make) -> None:
+    engine = await make("a")
+    for _ in range(5):
+        assert (await chat(engine))[-1].finish_reason == "stop"
+    assert len(provider.ports) == 1
+
+
 async def test_completion_cut_by_max_tokens(make: Make) -> None:
     engine = await make("a")
     deltas = [d async for d in engine.complete("w x y z", base.GenerationParams(max_tokens=2))]

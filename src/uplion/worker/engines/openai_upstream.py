@@ -15,21 +15,29 @@ with jitter, a 401/403 takes the account out until its key works again. Tries ar
 text has been passed on, a failure ends the answer with a 502. An upstream 400 is the client's
 fault: passed on as is, never retried. When every account's key is refused, or the configuration
 is invalid, the engine raises ``Unrecoverable``: the worker reports the model Failed.
+
+HTTP goes through one ``aiohttp`` session (its C parser keeps the per-request cost a fraction of
+httpx's), with at most the accounts' total concurrency in connections, kept alive between
+requests. A proxy named by ``HTTPS_PROXY``/``HTTP_PROXY`` (and not bypassed by ``NO_PROXY``) is
+used, looked up once at load.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import logging
 import random
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import httpx
+import aiohttp
 import msgspec
 
 from uplion import protocol
@@ -38,6 +46,10 @@ from uplion.worker.engines import account_pool, base
 log = logging.getLogger(__name__)
 
 _PROBE_TIMEOUT_S = 10.0
+_PROBE_TIMEOUT = aiohttp.ClientTimeout(
+    connect=_PROBE_TIMEOUT_S, sock_connect=_PROBE_TIMEOUT_S, sock_read=_PROBE_TIMEOUT_S
+)
+_DRAIN_TIMEOUT_S = 1.0
 _BACKOFF_BASE_S = 0.1
 _BACKOFF_CAP_S = 2.0
 _ACCOUNT_FIELDS = frozenset({
@@ -70,7 +82,9 @@ class OpenAIUpstreamEngine(base.Engine):
         self.max_attempts = max_attempts
         self.retest_interval_s = retest_interval_s
         self.info = base.EngineInfo(platform="openai-upstream", extra={"upstream_model": model})
-        self._client: httpx.AsyncClient | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._url = ""
+        self._proxy: str | None = None
         self._pool: account_pool.AccountPool | None = None
 
     async def load(self) -> None:
@@ -82,10 +96,15 @@ class OpenAIUpstreamEngine(base.Engine):
                                      "is required")
         configs = _parse_accounts(self.accounts)
         total = sum(config.max_concurrency for config in configs)
-        self._client = httpx.AsyncClient(
-            base_url=url,
-            timeout=httpx.Timeout(self.timeout_s, connect=min(self.timeout_s, _PROBE_TIMEOUT_S)),
-            limits=httpx.Limits(max_connections=total, max_keepalive_connections=total),
+        self._url = url
+        self._proxy = _env_proxy(url)
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=total, limit_per_host=0),
+            # ``connect`` bounds the wait for a free connection too; each read waits timeout_s.
+            timeout=aiohttp.ClientTimeout(
+                connect=self.timeout_s, sock_connect=min(self.timeout_s, _PROBE_TIMEOUT_S),
+                sock_read=self.timeout_s,
+            ),
         )
         self._pool = account_pool.AccountPool(configs, self._probe, self.retest_interval_s)
         try:
@@ -105,9 +124,9 @@ class OpenAIUpstreamEngine(base.Engine):
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     def health(self) -> base.EngineHealth:
         pool = self._pool
@@ -134,19 +153,22 @@ class OpenAIUpstreamEngine(base.Engine):
         return self._generate("completions", body, _completion_text, len(prompt))
 
     async def embed(self, texts: list[str]) -> base.Embeddings:
-        client, pool = self._loaded()
+        session, pool = self._loaded()
         content = _encode({"model": self.model, "input": texts})
         tries = _Tries(self, pool)
         while True:
             lease = await tries.lease()
             try:
-                response = await client.post("embeddings", content=content, headers=_headers(lease))
-                await _check(response)
-                result = _embeddings(response, texts)
+                async with session.post(
+                    f"{self._url}/embeddings", data=content, headers=_headers(lease),
+                    proxy=self._proxy,
+                ) as response:
+                    await _check(response)
+                    result = _embeddings(await response.read(), texts)
                 lease.release(result.prompt_tokens)
                 pool.succeeded(lease.account)
                 return result
-            except (_Failure, httpx.RequestError) as error:
+            except (_Failure, aiohttp.ClientError) as error:
                 lease.release()
                 await tries.failed(lease.account, _Failure.of(error))
             finally:
@@ -155,15 +177,16 @@ class OpenAIUpstreamEngine(base.Engine):
     async def _generate(
         self, path: str, body: dict[str, Any], text_of: TextOf, prompt_chars: int
     ) -> AsyncIterator[base.TextDelta]:
-        client, pool = self._loaded()
+        session, pool = self._loaded()
         content = _encode({**body, "stream": True, "stream_options": {"include_usage": True}})
         tries = _Tries(self, pool)
         while True:
             lease = await tries.lease()
             reading = _Reading()
             try:
-                async with client.stream(
-                    "POST", path, content=content, headers=_headers(lease)
+                async with session.post(
+                    f"{self._url}/{path}", data=content, headers=_headers(lease),
+                    proxy=self._proxy,
                 ) as response:
                     await _check(response)
                     async for text in _texts(response, text_of, reading):
@@ -177,7 +200,7 @@ class OpenAIUpstreamEngine(base.Engine):
                 lease.release(usage.total_tokens)
                 pool.succeeded(lease.account)
                 break
-            except (_Failure, httpx.RequestError) as error:
+            except (_Failure, aiohttp.ClientError) as error:
                 lease.release()
                 failure = _Failure.of(error)
                 if reading.deltas:
@@ -193,15 +216,18 @@ class OpenAIUpstreamEngine(base.Engine):
         yield base.TextDelta("", finish_reason=reading.finish_reason or "stop", usage=usage)
 
     async def _probe(self, key: str) -> int:
-        client, _ = self._loaded()
-        headers = {"Authorization": f"Bearer {key}"}
-        response = await client.get("models", headers=headers, timeout=_PROBE_TIMEOUT_S)
-        return response.status_code
+        session, _ = self._loaded()
+        async with session.get(
+            f"{self._url}/models", headers={"Authorization": f"Bearer {key}"},
+            timeout=_PROBE_TIMEOUT, proxy=self._proxy,
+        ) as response:
+            await response.read()
+            return response.status
 
-    def _loaded(self) -> tuple[httpx.AsyncClient, account_pool.AccountPool]:
-        if self._client is None or self._pool is None:
+    def _loaded(self) -> tuple[aiohttp.ClientSession, account_pool.AccountPool]:
+        if self._session is None or self._pool is None:
             raise RuntimeError("the openai-upstream engine is not loaded")
-        return self._client, self._pool
+        return self._session, self._pool
 
 
 def _all_refused(base_url: str, pool: account_pool.AccountPool) -> base.Unrecoverable:
@@ -224,7 +250,7 @@ class _Failure(Exception):
         self.retry_after = retry_after
 
     @classmethod
-    def of(cls, error: _Failure | httpx.RequestError) -> _Failure:
+    def of(cls, error: _Failure | aiohttp.ClientError) -> _Failure:
         if isinstance(error, _Failure):
             return error
         return cls("unavailable", type(error).__name__)
@@ -292,14 +318,16 @@ class _Reading:
 
 
 async def _texts(
-    response: httpx.Response, text_of: TextOf, reading: _Reading
+    response: aiohttp.ClientResponse, text_of: TextOf, reading: _Reading
 ) -> AsyncIterator[str]:
     """The texts of an OpenAI server-sent event stream, recording finish reason and usage."""
-    async for line in response.aiter_lines():
-        if not line.startswith("data:"):
+    lines = _lines(response.content)
+    async for line in lines:
+        if not line.startswith(b"data:"):
             continue  # blank separators, comments, event names
         data = line[5:].strip()
-        if data == "[DONE]":
+        if data == b"[DONE]":
+            await _drain(lines)
             return
         try:
             chunk = msgspec.json.decode(data)
@@ -327,6 +355,29 @@ async def _texts(
         raise _Failure("unavailable", "stream ended early")
 
 
+async def _lines(stream: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+    """The lines of a body as they arrive, ended by ``\\n``, ``\\r\\n`` or ``\\r`` (a ``\\r\\n``
+    split between two reads gives an extra blank line, which server-sent events ignore)."""
+    pending = b""
+    async for data in stream.iter_any():
+        lines = (pending + data).splitlines(keepends=True)
+        pending = b"" if lines[-1].endswith((b"\n", b"\r")) else lines.pop()
+        for line in lines:
+            yield line.rstrip(b"\r\n")
+    if pending:
+        yield pending
+
+
+async def _drain(lines: AsyncIterator[bytes]) -> None:
+    """Read what follows ``[DONE]`` (the body's end, at once): a response left unread closes its
+    connection, and the next request would have to open another. An upstream slow to end its
+    body, or failing to, costs the connection, never the answer."""
+    with contextlib.suppress(TimeoutError, aiohttp.ClientError):
+        async with asyncio.timeout(_DRAIN_TIMEOUT_S):
+            async for _ in lines:
+                pass
+
+
 def _chat_text(choice: dict[str, Any]) -> str:
     return str((choice.get("delta") or {}).get("content") or "")
 
@@ -335,20 +386,20 @@ def _completion_text(choice: dict[str, Any]) -> str:
     return str(choice.get("text") or "")
 
 
-async def _check(response: httpx.Response) -> None:
+async def _check(response: aiohttp.ClientResponse) -> None:
     """Raise for an answer that is not a 200: ``_Failure`` if another try may help, else
     ``EngineError`` in OpenAI's shape."""
-    status = response.status_code
+    status = response.status
     if status == 200:
         return
-    await response.aread()
+    content = await response.read()
     if status == 429:
         raise _Failure("rate_limited", "429", _retry_after(response.headers))
     if status in (401, 403):
         raise _Failure("refused", f"{status}")
     if status >= 500 or status in _RETRYABLE:
         raise _Failure("unavailable", f"{status}")
-    body = _json(response)
+    body = _json(content)
     error = _object(body.get("error"))
     if status in _CLIENT_FAULTS:
         raise base.EngineError(protocol.ErrorInfo(
@@ -361,7 +412,7 @@ async def _check(response: httpx.Response) -> None:
     ))
 
 
-def _retry_after(headers: httpx.Headers) -> float | None:
+def _retry_after(headers: Mapping[str, str]) -> float | None:
     """Seconds from ``retry-after-ms``, or ``Retry-After`` in seconds or as an HTTP date."""
     millis = headers.get("retry-after-ms")
     if millis is not None:
@@ -382,8 +433,8 @@ def _retry_after(headers: httpx.Headers) -> float | None:
         return None
 
 
-def _embeddings(response: httpx.Response, texts: list[str]) -> base.Embeddings:
-    body = _json(response)
+def _embeddings(content: bytes, texts: list[str]) -> base.Embeddings:
+    body = _json(content)
     items = body.get("data")
     if not isinstance(items, list) or len(items) != len(texts):
         raise _Failure("unavailable", "malformed embeddings")
@@ -398,9 +449,9 @@ def _embeddings(response: httpx.Response, texts: list[str]) -> base.Embeddings:
     return base.Embeddings(vectors, prompt_tokens=int(usage.get("prompt_tokens") or estimate))
 
 
-def _json(response: httpx.Response) -> dict[str, Any]:
+def _json(content: bytes) -> dict[str, Any]:
     try:
-        body = msgspec.json.decode(response.content)
+        body = msgspec.json.decode(content)
     except msgspec.DecodeError:
         return {}
     return _object(body)
@@ -438,15 +489,25 @@ def _sampling(params: base.GenerationParams) -> dict[str, Any]:
 
 def _check_url(value: str) -> str:
     try:
-        url = httpx.URL(value)
-    except httpx.InvalidURL:
-        url = httpx.URL()
-    if url.scheme not in ("http", "https") or not url.host:
+        url = urllib.parse.urlsplit(value.strip())
+        valid = url.scheme in ("http", "https") and bool(url.hostname) and url.port != 0
+    except ValueError:  # a bad port or IPv6 address
+        valid = False
+    if not valid:
         raise base.Unrecoverable("InvalidConfig", (
             f"option 'base_url' must be the provider's http(s) API root, such as "
             f"https://api.openai.com/v1, not {value!r}"
         ))
-    return str(url).rstrip("/")
+    return urllib.parse.urlunsplit(url).rstrip("/")
+
+
+def _env_proxy(url: str) -> str | None:
+    """The proxy the environment names for ``url`` (``HTTPS_PROXY``, ``HTTP_PROXY``), unless
+    ``NO_PROXY`` bypasses its host."""
+    parts = urllib.parse.urlsplit(url)
+    if urllib.request.proxy_bypass(parts.netloc):
+        return None
+    return urllib.request.getproxies().get(parts.scheme)
 
 
 def _parse_accounts(entries: Sequence[Mapping[str, Any]]) -> list[account_pool.AccountConfig]:
