@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
-import kmock
-import pytest
-
-from tests.operator.test_handlers import declare
 from uplion import cluster
 from uplion.gateway import Catalog
 from uplion.models import EngineSpec, ModelSpec
@@ -25,12 +20,6 @@ def aimodel(name: str, model: str, **spec: Any) -> dict[str, Any]:
     }
 
 
-@pytest.fixture
-async def client(kmock: kmock.KubernetesEmulator) -> AsyncIterator[kube.Kube]:
-    declare(kmock)
-    instance = await kube.Kube.connect(host=str(kmock.url).rstrip("/"))
-    yield instance
-    await instance.close()
 
 
 async def test_routes_follow_aimodels(client: kube.Kube) -> None:

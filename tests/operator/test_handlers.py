@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import AsyncIterator
 from typing import Any
 
 import kmock
@@ -14,29 +13,6 @@ from tests.operator import examples
 from uplion.operator import decide, events, handlers, kube
 
 NS = examples.NAMESPACE
-RESOURCES = {
-    "uplion.ai/v1alpha1/aimodels": ("AIModel", {"status"}),
-    "apps/v1/deployments": ("Deployment", {"status"}),
-    "v1/configmaps": ("ConfigMap", set()),
-    "keda.sh/v1alpha1/scaledobjects": ("ScaledObject", set()),
-    "v1/events": ("Event", set()),
-}
-
-
-def declare(server: kmock.KubernetesEmulator) -> None:
-    """The resources the operator uses, as the API server's discovery lists them."""
-    verbs = {"get", "list", "watch", "create", "patch", "delete"}
-    for key, (kind, subresources) in RESOURCES.items():
-        server.resources[key] = kmock.ResourceInfo(
-            kind=kind, namespaced=True, verbs=verbs, subresources=subresources)
-
-
-@pytest.fixture
-async def client(kmock: kmock.KubernetesEmulator) -> AsyncIterator[kube.Kube]:
-    declare(kmock)
-    connection = await kube.Kube.connect(host=str(kmock.url).rstrip("/"))
-    yield connection
-    await connection.close()
 
 
 async def reconciled(client: kube.Kube, aimodel: dict[str, Any]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import kopf
 import pytest
 
 from tests.operator import examples
-from tests.operator.test_handlers import declare
+from tests.operator.kmock_api import declare
 from uplion.operator import events, handlers, kube, run
 
 NS = examples.NAMESPACE

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import kmock
 import pytest
 
-from tests.operator.test_handlers import declare
 from uplion.models import resource
 from uplion.models.deployment import (
     DeploymentConflict,
@@ -21,13 +17,10 @@ BROKER = resource.Broker(kind="redis", url="redis://redis.uplion:6379/0")
 
 
 @pytest.fixture
-async def backend(
-    kmock: kmock.KubernetesEmulator,
-) -> AsyncIterator[deployments.KubernetesDeployments]:
-    declare(kmock)
-    client = await kube.Kube.connect(host=str(kmock.url).rstrip("/"))
-    yield deployments.KubernetesDeployments(client, "models", "ghcr.io/uplion/uplion:0.1.0", BROKER)
-    await client.close()
+def backend(client: kube.Kube) -> deployments.KubernetesDeployments:
+    return deployments.KubernetesDeployments(
+        client, "models", "ghcr.io/uplion/uplion:0.1.0", BROKER
+    )
 
 
 def request() -> DeploymentRequest:

@@ -3,13 +3,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
-import kmock
 import pytest
 
-from tests.operator.test_handlers import declare
 from uplion import cluster
 from uplion.gateway import Catalog
 from uplion.models import resource
@@ -30,12 +27,6 @@ def aimodel(name: str, model: str, version: str = "1", **spec: Any) -> dict[str,
     }
 
 
-@pytest.fixture
-async def client(kmock: kmock.KubernetesEmulator) -> AsyncIterator[kube.Kube]:
-    declare(kmock)
-    instance = await kube.Kube.connect(host=str(kmock.url).rstrip("/"))
-    yield instance
-    await instance.close()
 
 
 async def spec_of(client: kube.Kube, name: str) -> dict[str, Any]:
