@@ -141,6 +141,11 @@ class Call:
     def task(self) -> protocol.Task:
         return self.inflight.task
 
+    @property
+    def ready(self) -> bool:
+        """Whether the next chunk has arrived already (taking it will not wait)."""
+        return self.inflight.ready
+
     async def next_chunk(self) -> protocol.Chunk:
         """The next chunk; an error chunk or a passed deadline raises ``errors.ApiError``."""
         try:

@@ -6,16 +6,16 @@ the model's topic, and the worker's chunks are wrapped in OpenAI's envelopes her
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 import msgspec
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import Route
 
 from uplion import protocol, schemas
-from uplion.gateway import auth, catalog, errors, estimate
+from uplion.gateway import auth, catalog, errors, estimate, sse
 from uplion.gateway.exchange import Call
 from uplion.gateway.state import GatewayState, state_of
 
@@ -80,7 +80,7 @@ async def _open(
     return call, body
 
 
-async def chat_completions(request: Request) -> Response:
+async def chat_completions(request: Request) -> Response | sse.EventStream:
     call, body = await _open(
         request, protocol.Protocol.OPENAI_CHAT, schemas.ChatRequest, "text-generation",
         estimate.chat,
@@ -88,7 +88,7 @@ async def chat_completions(request: Request) -> Response:
     return await _respond(request, call, body, "chatcmpl", "chat.completion")
 
 
-async def completions(request: Request) -> Response:
+async def completions(request: Request) -> Response | sse.EventStream:
     call, body = await _open(
         request, protocol.Protocol.OPENAI_COMPLETION, schemas.CompletionRequest, "text-generation",
         estimate.completion,
@@ -111,7 +111,7 @@ async def embeddings(request: Request) -> Response:
 
 async def _respond(
     request: Request, call: Call, body: Any, id_prefix: str, obj: str
-) -> Response:
+) -> Response | sse.EventStream:
     envelope = {"id": f"{id_prefix}-{call.task.id}", "created": int(call.task.created),
                 "model": body.model, "system_fingerprint": None}
     if not body.stream:
@@ -126,32 +126,35 @@ async def _respond(
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     chunk_object = "chat.completion.chunk" if obj == "chat.completion" else obj
     events = _sse(call, first, {**envelope, "object": chunk_object}, include_usage)
-    return StreamingResponse(
-        events, media_type="text/event-stream", headers={**_SSE_HEADERS, **call.headers}
-    )
+    return sse.EventStream(events, {**_SSE_HEADERS, **call.headers})
 
 
 async def _sse(
     call: Call, first: protocol.Chunk, envelope: dict[str, Any], include_usage: bool
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
+    """The answer's events; those of chunks that arrived together go out in one write."""
     extra: dict[str, Any] = {"usage": None} if include_usage else {}
     chunk: protocol.Chunk | None = first
     stream = call.stream()
+    events = bytearray()
     try:
         while chunk is not None:
             if chunk.data:
-                yield _event({**envelope, **chunk.data, **extra})
+                events += _event({**envelope, **chunk.data, **extra})
             if chunk.terminal:
                 if include_usage:
                     usage = (chunk.usage or protocol.Usage()).as_openai()
-                    yield _event({**envelope, "choices": [], "usage": usage})
+                    events += _event({**envelope, "choices": [], "usage": usage})
                 break
+            if events and not call.ready:
+                yield bytes(events)
+                events.clear()
             chunk = await anext(stream, None)
     except errors.ApiError as exc:
-        yield _event(errors.openai_body(exc.error))
+        events += _event(errors.openai_body(exc.error))
     finally:
         await stream.aclose()
-    yield b"data: [DONE]\n\n"
+    yield bytes(events) + sse.DONE
 
 
 def _event(body: dict[str, Any]) -> bytes:

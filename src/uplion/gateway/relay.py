@@ -59,10 +59,15 @@ class Inflight:
     def __init__(self, relay: Relay, task: protocol.Task) -> None:
         self.relay = relay
         self.task = task
-        self._chunks: asyncio.Queue[protocol.Chunk] = asyncio.Queue()
+        self._chunks: asyncio.Queue[protocol.Chunk | None] = asyncio.Queue()
         self._delivery: str | None = None
         self._forwarded = -1
         self.done = False
+
+    @property
+    def ready(self) -> bool:
+        """Whether a chunk is waiting to be taken."""
+        return not self._chunks.empty()
 
     def offer(self, chunk: protocol.Chunk) -> None:
         if chunk.delivery != self._delivery:
@@ -75,23 +80,24 @@ class Inflight:
         self._chunks.put_nowait(chunk)
 
     async def chunks(self) -> AsyncIterator[protocol.Chunk]:
-        """Chunks in order up to the terminal one; ``DeadlineExceeded`` past the deadline."""
+        """Chunks in order up to the terminal one; ``DeadlineExceeded`` past the deadline.
+
+        One timer per task (not one per chunk) puts the deadline in the queue, as ``None``.
+        """
+        delay = self.task.deadline - time.time()
+        timer = asyncio.get_running_loop().call_later(delay, self._chunks.put_nowait, None)
         try:
             while True:
-                remaining = self.task.deadline - time.time()
-                if remaining <= 0:
+                chunk = await self._chunks.get()
+                if chunk is None:
                     raise DeadlineExceeded
-                try:
-                    async with asyncio.timeout(remaining):
-                        chunk = await self._chunks.get()
-                except TimeoutError:
-                    raise DeadlineExceeded from None
                 if chunk.terminal:
                     self.done = True
                 yield chunk
                 if chunk.terminal:
                     return
         finally:
+            timer.cancel()
             self.relay.forget(self.task.id)
 
     async def abandon(self) -> None:
