@@ -116,14 +116,15 @@ class Catalog:
                                  f"(it serves {', '.join(self.versions(name))}).")
         model.apply(split)
 
-    def stable(self, model: str) -> Route | None:
-        """The route of ``model`` (``name@version``: that version; ``name``: the stable one),
-        with no draw: what describes the model rather than what answers a request."""
+    def stable(self, model: str, version: str | None = None) -> Route | None:
+        """The route of ``model`` (``name@version`` or ``version``: that version; ``name``: the
+        stable one), with no draw: what describes the model rather than what answers a request."""
         name, _, pinned = model.partition("@")
         entry = self._models.get(name)
         if entry is None:
             return None
-        return entry.versions.get(pinned) if pinned else entry.stable
+        wanted = version or pinned
+        return entry.versions.get(wanted) if wanted else entry.stable
 
     def resolve(self, model: str, version: str | None = None) -> Route | None:
         """The route of ``model`` (``name`` or ``name@version``) or of ``version`` if given;

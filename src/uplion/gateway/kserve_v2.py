@@ -54,8 +54,7 @@ async def _route(request: Request, *, draw: bool) -> tuple[catalog.Route, Princi
     name = request.path_params["name"]
     version = request.path_params.get("version")
     routes = state_of(request).catalog
-    route = (routes.resolve(name, version) if draw
-             else routes.stable(f"{name}@{version}" if version else name))
+    route = routes.resolve(name, version) if draw else routes.stable(name, version)
     if route is None or not caller.may_use(route.spec.name):
         shown = f"{name} version {version}" if version else name
         raise errors.ApiError(protocol.ErrorInfo(
