@@ -15,14 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from uplion.models import EngineSpec
-from uplion.worker.engines import base
+from uplion.worker.engines import base, detect
 from uplion.worker.engines.echo import EchoEngine
 from uplion.worker.engines.onnx_embedding import OnnxEmbeddingEngine
 from uplion.worker.engines.openai_upstream import OpenAIUpstreamEngine
 from uplion.worker.engines.sentence_embedding import SentenceTransformerEngine
 from uplion.worker.engines.smollm import SmolLM2Engine
 
-__all__ = ["KINDS", "create"]
+__all__ = ["KINDS", "check", "create"]
 
 
 class _Options:
@@ -84,11 +84,11 @@ class _Options:
         )
 
 
-def _test_echo(options: _Options) -> base.Engine:
+def _test_echo(options: _Options, artifact: base.Artifact) -> base.Engine:
     return EchoEngine(token_delay_s=options.number("token_delay_s", 0.0))
 
 
-def _smollm2(options: _Options) -> base.Engine:
+def _smollm2(options: _Options, artifact: base.Artifact) -> base.Engine:
     return SmolLM2Engine(
         cache_dir=options.path("cache_dir"),
         default_max_tokens=options.count("default_max_tokens", 256),
@@ -96,22 +96,22 @@ def _smollm2(options: _Options) -> base.Engine:
     )
 
 
-def _sentence_transformers(options: _Options) -> base.Engine:
+def _sentence_transformers(options: _Options, artifact: base.Artifact) -> base.Engine:
     return SentenceTransformerEngine(
-        path=options.path("path"), batch_size=options.count("batch_size", 32)
+        path=options.path("path") or artifact.path, batch_size=options.count("batch_size", 32)
     )
 
 
-def _onnx_embedding(options: _Options) -> base.Engine:
+def _onnx_embedding(options: _Options, artifact: base.Artifact) -> base.Engine:
     return OnnxEmbeddingEngine(
-        path=options.path("path"),
+        path=options.path("path") or artifact.path,
         threads=options.optional_count("threads"),
         batch_size=options.count("batch_size", 32),
         max_length=options.count("max_length", 256),
     )
 
 
-def _openai_upstream(options: _Options) -> base.Engine:
+def _openai_upstream(options: _Options, artifact: base.Artifact) -> base.Engine:
     return OpenAIUpstreamEngine(
         base_url=options.text("base_url"),
         model=options.text("model"),
@@ -122,7 +122,9 @@ def _openai_upstream(options: _Options) -> base.Engine:
     )
 
 
-_BUILDERS: dict[str, tuple[Callable[[_Options], base.Engine], frozenset[str]]] = {
+_BUILDERS: dict[
+    str, tuple[Callable[[_Options, base.Artifact], base.Engine], frozenset[str]]
+] = {
     "test-echo": (_test_echo, frozenset({"token_delay_s"})),
     "smollm2": (_smollm2, frozenset({"cache_dir", "default_max_tokens", "threads"})),
     "sentence-transformers": (_sentence_transformers, frozenset({"path", "batch_size"})),
@@ -138,14 +140,35 @@ _BUILDERS: dict[str, tuple[Callable[[_Options], base.Engine], frozenset[str]]] =
     ),
 }
 
-KINDS: tuple[str, ...] = tuple(_BUILDERS)
-"""The engine kinds ``create`` knows."""
+KINDS: tuple[str, ...] = ("auto", *_BUILDERS)
+"""The engine kinds ``create`` knows (``auto``: the artifact says, see ``detect``)."""
 
 
-def create(spec: EngineSpec) -> base.Engine:
-    """The engine a spec names, configured but not loaded (call ``await engine.load()``)."""
+def check(spec: EngineSpec) -> None:
+    """``ValueError`` for an unknown kind or option, before anything is fetched or loaded."""
+    if spec.kind == "auto":
+        if spec.options:
+            raise ValueError("engine kind 'auto' takes no options: name the engine's kind")
+        return
     entry = _BUILDERS.get(spec.kind)
     if entry is None:
         raise ValueError(f"unknown engine kind {spec.kind!r}; known kinds: {', '.join(KINDS)}")
+    _Options(spec.kind, spec.options, entry[1])
+
+
+def create(spec: EngineSpec, path: Path | None = None) -> base.Engine:
+    """The engine a spec names, for the artifact fetched into ``path``, configured but not
+    loaded (call ``await engine.load()``). ``auto`` picks the kind from the artifact;
+    ``ValueError`` for an unknown kind or option, ``base.Unrecoverable`` for an artifact no
+    engine recognizes."""
+    kind = spec.kind
+    if kind == "auto":
+        if path is None:
+            raise ValueError("engine kind 'auto' needs a fetched artifact to look at")
+        kind = detect.engine_kind(path)
+    entry = _BUILDERS.get(kind)
+    if entry is None:
+        raise ValueError(f"unknown engine kind {kind!r}; known kinds: {', '.join(KINDS)}")
     build, known = entry
-    return build(_Options(spec.kind, spec.options, known))
+    artifact = base.Artifact(path=path, device=spec.device, trust_pickle=spec.trust_pickle)
+    return build(_Options(kind, spec.options, known), artifact)

@@ -10,9 +10,14 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 from uplion import protocol
+from uplion.models.spec import Serves
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 class Unsupported(Exception):
@@ -71,13 +76,49 @@ class Embeddings:
     prompt_tokens: int
 
 
+@dataclass(frozen=True, slots=True)
+class Classification:
+    """Labels and scores for each text, best first; ``prompt_tokens`` over all texts."""
+
+    labels: list[list[tuple[str, float]]]
+    prompt_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """A named, typed v2 tensor; ``-1`` in ``shape`` is a dimension of any size."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+
+    def as_json(self) -> dict[str, Any]:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+
+@dataclass(frozen=True, slots=True)
+class Artifact:
+    """What an engine loads: the fetched model (a folder or a file, ``None`` for engines with no
+    artifact), the device asked for (``auto``, ``cpu``, ``cuda``, ``cuda:N``) and whether
+    pickles may be loaded."""
+
+    path: Path | None = None
+    device: str = "auto"
+    trust_pickle: bool = False
+
+
 @dataclass(slots=True)
 class EngineInfo:
-    """What the engine tells the gateway about itself (v2 metadata, context size)."""
+    """What the engine tells the gateway about itself, from the artifact: what it serves, the
+    device it runs on, its v2 tensors (metadata and request checks), context size."""
 
     platform: str
+    serves: Serves | None = None
+    device: str = "cpu"
     context_length: int | None = None
     embedding_dimensions: int | None = None
+    inputs: list[TensorSpec] = field(default_factory=list)
+    outputs: list[TensorSpec] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -106,3 +147,13 @@ class Engine(abc.ABC):
 
     async def embed(self, texts: list[str]) -> Embeddings:
         raise Unsupported("embeddings")
+
+    async def classify(self, texts: list[str]) -> Classification:
+        raise Unsupported("classification")
+
+    async def infer(
+        self, inputs: dict[str, np.ndarray], outputs: Sequence[str]
+    ) -> dict[str, np.ndarray]:
+        """Numeric tensors in, tensors out (KServe v2). ``inputs`` are checked against
+        ``info.inputs`` by the caller; ``outputs`` names those asked for (empty: all)."""
+        raise Unsupported("tensor inference")
