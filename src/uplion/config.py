@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     health_port: int | None = Field(
         default=None, ge=1, le=65535, description="Where a worker answers /livez and /readyz."
     )
+    model_path: Path | None = Field(
+        default=None, description="A worker's model artifact, fetched already (in a cluster, by "
+        "its init container); the worker then fetches nothing.",
+    )
     deployments: Literal["none", "kubernetes"] = Field(
         default="none", description="What `uplion gateway`'s /v1/modelDeployment manages: "
         "nothing, or AIModel objects in its namespace (the gateway then routes them too).",

@@ -68,7 +68,31 @@ GPU_CANARY = _aimodel("llama", {
     "canary": {"version": "2", "weight": 10, "image": "ghcr.io/uplion/uplion-gpu:0.2.0"},
 })
 
-ALL = {"local": LOCAL, "upstream": UPSTREAM, "gpu-canary": GPU_CANARY}
+S3_SOURCE = _aimodel("churn", {
+    "name": "churn-classifier",
+    "version": "3",
+    "source": "s3://models/churn/v3",
+    "fetch": {
+        "sha256": {"model.onnx": "ab" * 32},
+        "s3": {"endpointUrl": "http://minio.storage:9000", "pathStyle": True},
+    },
+    "sourceCredentials": "churn-model-s3",
+    "modelCache": {"volume": "hostPath", "hostPath": "/var/cache/uplion"},
+    "image": "ghcr.io/uplion/uplion:0.1.0",
+    "broker": {"kind": "redis", "url": "redis://redis.uplion:6379/0"},
+})
+
+PVC_SOURCE = _aimodel("from-volume", {
+    "name": "shared-bert",
+    "source": "pvc://model-store/bert/v1",
+    "engine": {"kind": "transformers", "device": "cuda"},
+    "modelCache": {"volume": "emptyDir", "sizeLimit": "20Gi"},
+    "image": "ghcr.io/uplion/uplion:0.1.0",
+    "broker": {"kind": "redis", "url": "redis://redis.uplion:6379/0"},
+})
+
+ALL = {"local": LOCAL, "upstream": UPSTREAM, "gpu-canary": GPU_CANARY, "s3-source": S3_SOURCE,
+       "pvc-source": PVC_SOURCE}
 
 
 def example(name: str) -> dict[str, Any]:

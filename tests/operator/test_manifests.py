@@ -7,6 +7,7 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
+import yaml
 
 from tests.operator import examples, schemas
 from uplion.broker import redis_streams
@@ -245,3 +246,56 @@ def test_long_names_are_cut_to_a_dns_label() -> None:
     deployment = manifests.worker_deployment(aimodel, NS)
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert all(len(value) <= 63 for value in labels.values())
+
+
+def _pod(deployment: dict[str, Any]) -> dict[str, Any]:
+    pod: dict[str, Any] = deployment["spec"]["template"]["spec"]
+    return pod
+
+
+def test_a_sourced_model_is_fetched_by_an_init_container_the_worker_reads() -> None:
+    deployment = manifests.worker_deployment(examples.example("s3-source"), NS)
+    pod = _pod(deployment)
+    [fetch] = pod["initContainers"]
+    worker = pod["containers"][0]
+    link = manifests.model_link("churn-classifier", "3")
+    assert fetch["command"] == ["uplion"]
+    assert fetch["args"] == ["fetch-model", "--models-file", "/etc/uplion/models.yaml",
+                             "--model", "churn-classifier@3", "--link", link]
+    assert fetch["image"] == worker["image"]
+    # The same credentials and locked-down container as the worker.
+    assert fetch["envFrom"] == worker["envFrom"] == [{"secretRef": {"name": "churn-model-s3"}}]
+    assert fetch["securityContext"] == worker["securityContext"]
+    assert fetch["volumeMounts"] == worker["volumeMounts"]
+    env = {e["name"]: e.get("value") for e in worker["env"]}
+    assert env["UPLION_MODEL_PATH"] == link
+    assert env["UPLION_MODEL_CACHE"] == manifests.MODEL_CACHE_DIR
+    assert link.startswith(manifests.MODEL_CACHE_DIR + "/")
+    assert "UPLION_MODEL_PATH" not in {e["name"] for e in fetch["env"]}
+    cache = next(v for v in pod["volumes"] if v["name"] == "cache")
+    assert cache["hostPath"] == {"path": "/var/cache/uplion", "type": "DirectoryOrCreate"}
+
+
+def test_a_model_without_a_source_has_no_init_container() -> None:
+    pod = _pod(manifests.worker_deployment(examples.example("upstream"), NS))
+    assert "initContainers" not in pod
+    assert "UPLION_MODEL_PATH" not in {e["name"] for e in pod["containers"][0]["env"]}
+
+
+def test_a_volume_source_mounts_its_claim_read_only() -> None:
+    pod = _pod(manifests.worker_deployment(examples.example("pvc-source"), NS))
+    source = next(v for v in pod["volumes"] if v["name"] == "source")
+    assert source["persistentVolumeClaim"] == {"claimName": "model-store", "readOnly": True}
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "source")
+    assert mount == {"name": "source", "mountPath": f"{manifests.PVC_ROOT}/model-store",
+                     "readOnly": True}
+    cache = next(v for v in pod["volumes"] if v["name"] == "cache")
+    assert cache["emptyDir"] == {"sizeLimit": "20Gi"}
+
+
+def test_the_models_file_carries_the_source_to_the_fetch() -> None:
+    models = yaml.safe_load(manifests.models_file(examples.example("s3-source")))["models"]
+    assert models[0]["source"] == "s3://models/churn/v3"
+    assert models[0]["fetch"]["s3"] == {"endpoint_url": "http://minio.storage:9000",
+                                        "region": None, "path_style": True, "ca_bundle": None}
+    assert models[0]["fetch"]["sha256"] == {"model.onnx": "ab" * 32}

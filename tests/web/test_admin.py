@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -94,7 +95,9 @@ def test_a_model_deployed_from_the_form_reaches_running_scales_and_goes(
     page.locator("#deploy-concurrency").fill("2")
     page.locator("#deploy-timeout").fill("30")
     page.get_by_role("button", name="Deploy", exact=True).click()
-    expect(page.locator("#deploy-result")).to_contain_text("Deployed web-echo@1 (dep-")
+    expect(page.locator("#deploy-result")).to_contain_text(
+        re.compile(r"Deployed web-echo@1 \([0-9a-f]{12}\)")
+    )
     row = page.locator('#models-table tr[data-model="web-echo@1"]')
     expect(row.locator(".phase")).to_have_text("Running", timeout=60_000)
     answer = httpx.post(served.url + "/v1/chat/completions", headers=served.headers, json={

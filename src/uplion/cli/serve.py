@@ -24,7 +24,7 @@ from uplion.operator import events as operator_events
 from uplion.operator import kube
 from uplion.operator import run as operator_run
 from uplion.operator.deployments import KubernetesDeployments
-from uplion.worker import engines
+from uplion.worker import loading
 from uplion.worker import probes as probes_
 from uplion.worker.engines.base import Engine, Unrecoverable
 
@@ -228,7 +228,8 @@ def worker_command(
         raise typer.BadParameter(f"{model} is not in {settings.models_file}", param_hint="--model")
     if concurrency is not None:
         spec = spec.model_copy(update={"concurrency": concurrency})
-    if not uvloop.run(_run_worker(settings.broker_url, spec, name, settings.health_port)):
+    run = _run_worker(settings.broker_url, spec, name, settings.health_port, settings.model_path)
+    if not uvloop.run(run):
         raise typer.Exit(EXIT_UNRECOVERABLE)
 
 
@@ -236,7 +237,8 @@ EXIT_UNRECOVERABLE = 3
 
 
 async def _run_worker(
-    broker_url: str, spec: ModelSpec, name: str | None, health_port: int | None
+    broker_url: str, spec: ModelSpec, name: str | None, health_port: int | None,
+    fetched: Path | None,
 ) -> bool:
     """Serve until stopped; ``False`` when the model failed unrecoverably."""
     source = broker.connect(broker_url)
@@ -251,11 +253,8 @@ async def _run_worker(
     probes = None if health_port is None else await probes_.serve_probes(health_port, ready)
     try:
         try:
-            engine = engines.create(spec.engine)
-            await engine.load()
-        except (ValueError, Unrecoverable) as error:
-            failure = (error if isinstance(error, Unrecoverable)
-                       else Unrecoverable("InvalidConfig", str(error)))
+            engine = await loading.load_engine(spec, fetched)
+        except Unrecoverable as failure:
             await worker.announce_failure(source, spec, name, failure)
             await operator_events.report_unrecoverable(failure.reason, failure.message)
             return False

@@ -18,7 +18,7 @@ from uplion import protocol, schemas
 from uplion.gateway import errors
 from uplion.gateway.admin import admin_only
 from uplion.gateway.openai import json_response
-from uplion.gateway.state import GatewayState, state_of
+from uplion.gateway.state import state_of
 from uplion.models.deployment import (
     Deployment,
     DeploymentBackend,
@@ -41,18 +41,34 @@ def _backend(request: Request) -> DeploymentBackend:
     return backend
 
 
-def _view(state: GatewayState, deployment: Deployment) -> dict[str, Any]:
+_STATES = {"Pending": "pending", "Running": "active", "Degraded": "active", "Failed": "failed"}
+
+
+def _view(request: Request, deployment: Deployment) -> dict[str, Any]:
+    """The deployment as accepted, its live status and where to call it. ``state`` is the
+    status in one word (``pending``, ``active``, ``failed`` with ``reason``), as that payload's
+    users expect; ``status`` has the details."""
+    state = state_of(request)
     spec = deployment.request.spec()
     health = state.health.of(spec.name, spec.version)
-    request = deployment.request.model_dump(mode="json")
+    body = deployment.request.model_dump(mode="json")
     v2 = f"/v2/models/{spec.name}/versions/{spec.version}/infer"
-    endpoints = ({"embeddings": "/v1/embeddings", "v2_infer": v2} if spec.serves == "embedding"
-                 else {"chat_completions": "/v1/chat/completions",
-                       "completions": "/v1/completions", "v2_infer": v2})
+    serves = spec.serves or state.serves_of(spec.name, spec.version)
+    endpoints = {"v2_infer": v2}
+    if serves in ("text-generation", None):  # None: not known until a worker has loaded it
+        endpoints |= {"chat_completions": "/v1/chat/completions",
+                      "completions": "/v1/completions"}
+    if serves in ("embedding", None):
+        endpoints["embeddings"] = "/v1/embeddings"
+    reason = None
+    if health.phase == "Failed":
+        reason = f"{health.reason}: {health.message}" if health.message else health.reason
     return {
         "id": deployment.id, "object": "model.deployment", "name": spec.name,
-        "version": spec.version, "model": f"{spec.name}@{spec.version}", **request,
-        "status": health.as_json(), "endpoints": endpoints,
+        "version": spec.version, "model": f"{spec.name}@{spec.version}", **body,
+        "state": _STATES[health.phase], "reason": reason, "status": health.as_json(),
+        "predict_url": f"{str(request.base_url).rstrip('/')}/v2/models/{spec.name}/infer",
+        "endpoints": endpoints,
         "created_at": deployment.created_at.isoformat(),
         "updated_at": deployment.updated_at.isoformat(),
     }
@@ -93,27 +109,26 @@ def _guarded(handler: Any) -> Any:
 async def create(request: Request) -> Response:
     body = await _parse(request, DeploymentRequest)
     deployment = await _backend(request).create(body)
-    return json_response(_view(state_of(request), deployment), status=201)
+    return json_response(_view(request, deployment), status=201)
 
 
 @_guarded
 async def list_all(request: Request) -> Response:
-    state = state_of(request)
     deployments = await _backend(request).list()
-    return json_response({"object": "list", "data": [_view(state, d) for d in deployments]})
+    return json_response({"object": "list", "data": [_view(request, d) for d in deployments]})
 
 
 @_guarded
 async def get_one(request: Request) -> Response:
     deployment = await _backend(request).get(request.path_params["deployment_id"])
-    return json_response(_view(state_of(request), deployment))
+    return json_response(_view(request, deployment))
 
 
 @_guarded
 async def update(request: Request) -> Response:
     patch = await _parse(request, DeploymentPatch)
     deployment = await _backend(request).update(request.path_params["deployment_id"], patch)
-    return json_response(_view(state_of(request), deployment))
+    return json_response(_view(request, deployment))
 
 
 @_guarded

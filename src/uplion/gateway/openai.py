@@ -69,7 +69,7 @@ async def _open(
     if route is None:
         raise errors.model_not_found(body.model)
     auth.check_model(caller, route.spec.name)
-    if route.spec.serves != serves:
+    if route.spec.serves is not None and route.spec.serves != serves:
         raise errors.invalid_request(
             f"The model `{body.model}` serves {route.spec.serves}, not {serves}.",
             param="model", code="model_not_supported",

@@ -36,6 +36,13 @@ class GatewayState:
     ready: bool = False
 
 
+    def serves_of(self, model: str, version: str) -> str | None:
+        """What a model version answers, as its workers report it from the artifact (``None``
+        until one has)."""
+        info = self.health.info(model, version)
+        return None if info is None else info.serves
+
+
 def state_of(request: Request) -> GatewayState:
     state: GatewayState = request.app.state.uplion
     return state

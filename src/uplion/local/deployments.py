@@ -138,7 +138,7 @@ class LocalDeployments(DeploymentBackend):
     async def _serve(self, spec: ModelSpec) -> None:
         if self.catalog.resolve(spec.name, spec.version) is not None:
             raise DeploymentConflict(f"The model {spec.name}@{spec.version} is served already.")
-        engines.create(spec.engine)  # reject unknown kinds and options before serving
+        engines.check(spec.engine)  # reject unknown kinds and options before serving
         self.catalog.add(spec)
         await self.autoscaler.add(self.replicas_for(spec))
 

@@ -23,7 +23,7 @@ import yaml
 
 from uplion import broker, protocol, worker
 from uplion.models import ModelsFile, ModelSpec
-from uplion.worker import engines
+from uplion.worker import engines, loading
 
 log = logging.getLogger(__name__)
 
@@ -133,11 +133,8 @@ class InProcessReplicas(Replicas):
             log.info("loading %s@%s (%s)", self.spec.name, self.spec.version,
                      self.spec.engine.kind)
             try:
-                engine = engines.create(self.spec.engine)
-                await engine.load()
-            except (ValueError, engines.base.Unrecoverable) as error:
-                failure = (error if isinstance(error, engines.base.Unrecoverable)
-                           else engines.base.Unrecoverable("InvalidConfig", str(error)))
+                engine = await loading.load_engine(self.spec)
+            except engines.base.Unrecoverable as failure:
                 await worker.announce_failure(self.broker, self.spec, worker.worker_name(),
                                               failure)
                 await self.crashed(f"{failure.reason}: {failure.message}")

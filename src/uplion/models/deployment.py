@@ -5,6 +5,10 @@ The payload shape is the one model-serving platforms already use —
 — where ``model`` is uplion's model spec, plus uplion's own ``gpus``. Resources are what a
 cluster schedules by; the local runtime records them and runs the model in-process.
 
+That shape's own model fields are understood too: ``{"type": "single", "bucket": "s3://b/",
+"prefix": "models", "version": "v1"}`` means ``source: s3://b/models``, and a model sent without
+a name is served as ``md-<deployment id>``.
+
 A backend also keeps each model's traffic split (``TrafficSplit``: the stable version, and a canary
 with its share of the requests that pin no version), so that a change survives a restart.
 """
@@ -17,9 +21,40 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from uplion.models.spec import ModelSpec, ReplicaSpec
+
+
+def new_deployment_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def _model_fields(model: Any) -> tuple[Any, str | None]:
+    """The model spec with the payload's ``type``/``bucket``/``prefix`` turned into uplion's
+    fields, and the deployment id its generated name uses (when it had none)."""
+    if not isinstance(model, dict):
+        return model, None
+    fields = dict(model)
+    kind = fields.pop("type", "single")
+    if kind != "single":
+        raise ValueError(f"model.type {kind!r} is not supported: only single models are")
+    bucket, prefix = fields.pop("bucket", None), fields.pop("prefix", None)
+    if bucket is not None or prefix is not None:
+        if "source" in fields:
+            raise ValueError("give model.source, or model.bucket and model.prefix, not both")
+        if not isinstance(bucket, str) or not bucket.removeprefix("s3://").strip("/"):
+            raise ValueError("model.bucket must name a bucket (e.g. s3://models/)")
+        if prefix is not None and not isinstance(prefix, str):
+            raise ValueError("model.prefix must be a string")
+        name = bucket.removeprefix("s3://").strip("/")
+        path = (prefix or "").strip("/")
+        fields["source"] = f"s3://{name}/{path}" if path else f"s3://{name}"
+    if "name" in fields:
+        return fields, None
+    deployment_id = new_deployment_id()
+    fields["name"] = f"md-{deployment_id}"
+    return fields, deployment_id
 
 
 class ResourceAmounts(BaseModel):
@@ -41,6 +76,24 @@ class DeploymentRequest(BaseModel):
     request_res: ResourceAmounts = Field(default_factory=ResourceAmounts)
     limit_res: ResourceAmounts = Field(default_factory=ResourceAmounts)
     gpus: int = Field(default=0, ge=0, le=16, description="GPUs per replica (type gpu).")
+    _assigned_id: str | None = PrivateAttr(default=None)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _payload_model(cls, data: Any, handler: Any) -> Any:
+        assigned = None
+        if isinstance(data, dict) and "model" in data:
+            model, assigned = _model_fields(data["model"])
+            data = {**data, "model": model}
+        request = handler(data)
+        if assigned is not None:
+            request._assigned_id = assigned
+        return request
+
+    @property
+    def assigned_id(self) -> str | None:
+        """The deployment id this request's generated model name (``md-<id>``) uses."""
+        return self._assigned_id
 
     def spec(self) -> ModelSpec:
         """The model spec to serve, with ``replicas`` applied."""
@@ -73,8 +126,8 @@ class Deployment(BaseModel):
     @classmethod
     def new(cls, request: DeploymentRequest) -> Deployment:
         now = datetime.now(UTC)
-        return cls(id=f"dep-{uuid.uuid4().hex[:12]}", request=request, created_at=now,
-                   updated_at=now)
+        deployment_id = request.assigned_id or new_deployment_id()
+        return cls(id=deployment_id, request=request, created_at=now, updated_at=now)
 
     def patched(self, patch: DeploymentPatch) -> Deployment:
         request = self.request

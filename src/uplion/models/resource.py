@@ -18,7 +18,15 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 from pydantic.alias_generators import to_camel
 
-from uplion.models.spec import NAME_PATTERN, EngineSpec, ModelSpec, ReplicaSpec
+from uplion.models.spec import (
+    NAME_PATTERN,
+    EngineSpec,
+    FetchSpec,
+    ModelSpec,
+    ReplicaSpec,
+    S3Options,
+    Serves,
+)
 
 GROUP = "uplion.ai"
 VERSION = "v1alpha1"
@@ -58,6 +66,43 @@ class AIModelEngine(EngineSpec):
         description="Upstream engines: account name -> Secret key holding its API key. Accounts "
         "not listed in options.accounts are added with the engine's defaults.",
     )
+
+
+class AIModelS3(S3Options):
+    model_config = _CAMEL
+
+
+class AIModelFetch(FetchSpec):
+    model_config = _CAMEL
+
+    sha256: Annotated[
+        str | dict[str, str] | None,
+        WithJsonSchema({
+            "x-kubernetes-preserve-unknown-fields": True,
+            "description": "SHA-256 of the file or archive the source names (a string), or of "
+            "each file by its path relative to the source (a map).",
+        }),
+    ] = None
+    s3: AIModelS3 = Field(default_factory=AIModelS3)
+
+
+class ModelCache(BaseModel):
+    """Where a worker pod keeps fetched artifacts: emptyDir (each pod fetches its own copy),
+    hostPath (the replicas on a node share one copy; a lock lets one of them fetch it) or
+    persistentVolumeClaim (every replica mounting the claim shares one copy)."""
+
+    model_config = _CAMEL
+
+    volume: Literal["emptyDir", "hostPath", "persistentVolumeClaim"] = "emptyDir"
+    host_path: str = Field(default="/var/cache/uplion", description="hostPath only.")
+    claim_name: str | None = Field(default=None, description="persistentVolumeClaim only.")
+    size_limit: Quantity | None = Field(default=None, description="emptyDir only, e.g. 20Gi.")
+
+    @model_validator(mode="after")
+    def _claim(self) -> ModelCache:
+        if self.volume == "persistentVolumeClaim" and not self.claim_name:
+            raise ValueError("modelCache.claimName is required for a persistentVolumeClaim")
+        return self
 
 
 class AIModelReplicas(ReplicaSpec):
@@ -125,8 +170,23 @@ class AIModelSpec(BaseModel):
 
     name: str = Field(pattern=NAME_PATTERN, description="Model name clients ask for.")
     version: str = Field(default="1", pattern=NAME_PATTERN)
-    engine: AIModelEngine
-    serves: Literal["text-generation", "embedding"] = "text-generation"
+    source: str | None = Field(
+        default=None,
+        description="Where the model's artifact lives: s3://bucket/prefix, hf://org/repo[@rev]"
+        "[/file], pvc://claim/path, https://host/file-or-archive; fetched by the worker pod's "
+        "init container (uplion fetch-model).",
+    )
+    fetch: AIModelFetch = Field(default_factory=AIModelFetch)
+    source_credentials: str | None = Field(
+        default=None,
+        description="A Secret whose keys become the environment of the fetch and the worker "
+        "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, HF_TOKEN, ...).",
+    )
+    model_cache: ModelCache = Field(default_factory=ModelCache)
+    engine: AIModelEngine = Field(default_factory=AIModelEngine)
+    serves: Serves | None = Field(
+        default=None, description="What the model answers; default: what the artifact says."
+    )
     concurrency: int = Field(default=4, ge=1, le=1024, description="Task slots per worker.")
     replicas: AIModelReplicas = Field(default_factory=AIModelReplicas)
     request_timeout_seconds: float = Field(
@@ -144,6 +204,7 @@ class AIModelSpec(BaseModel):
     def _canary_differs(self) -> AIModelSpec:
         if self.canary is not None and self.canary.version == self.version:
             raise ValueError(f"canary.version must differ from version ({self.version})")
+        worker_spec(self)  # the worker's own checks (source scheme, auto needs a source)
         return self
 
 
@@ -208,7 +269,10 @@ def worker_spec(spec: AIModelSpec, version: str | None = None) -> ModelSpec:
     return ModelSpec(
         name=spec.name,
         version=version or spec.version,
-        engine=EngineSpec(kind=spec.engine.kind, options=options),
+        source=spec.source,
+        fetch=FetchSpec.model_validate(spec.fetch.model_dump(by_alias=False)),
+        engine=EngineSpec(kind=spec.engine.kind, device=spec.engine.device,
+                          trust_pickle=spec.engine.trust_pickle, options=options),
         serves=spec.serves,
         concurrency=spec.concurrency,
         replicas=ReplicaSpec.model_validate(spec.replicas.model_dump(by_alias=False)),

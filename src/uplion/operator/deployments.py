@@ -30,7 +30,7 @@ from uplion.models.deployment import (
     ResourceAmounts,
     TrafficSplit,
 )
-from uplion.models.spec import EngineSpec, ModelSpec, ReplicaSpec
+from uplion.models.spec import EngineSpec, FetchSpec, ModelSpec, ReplicaSpec
 from uplion.operator import decide, kube
 
 UPDATED_AT = "uplion.ai/updated-at"
@@ -60,8 +60,9 @@ def aimodel_spec(
     """The AIModel spec a request asks for."""
     model = request.spec()
     return resource.AIModelSpec(
-        name=model.name, version=model.version,
-        engine=resource.AIModelEngine(kind=model.engine.kind, options=model.engine.options),
+        name=model.name, version=model.version, source=model.source,
+        fetch=resource.AIModelFetch.model_validate(model.fetch.model_dump()),
+        engine=resource.AIModelEngine.model_validate(model.engine.model_dump()),
         serves=model.serves, concurrency=model.concurrency,
         replicas=resource.AIModelReplicas.model_validate(model.replicas.model_dump()),
         request_timeout_seconds=model.request_timeout_s, owned_by=model.owned_by,
@@ -76,8 +77,10 @@ def aimodel_spec(
 def request_of(spec: resource.AIModelSpec) -> DeploymentRequest:
     """The request an AIModel spec answers (``replicas`` is its ``replicas.min``)."""
     model = ModelSpec(
-        name=spec.name, version=spec.version,
-        engine=EngineSpec(kind=spec.engine.kind, options=spec.engine.options),
+        name=spec.name, version=spec.version, source=spec.source,
+        fetch=FetchSpec.model_validate(spec.fetch.model_dump(by_alias=False)),
+        engine=EngineSpec(kind=spec.engine.kind, device=spec.engine.device,
+                          trust_pickle=spec.engine.trust_pickle, options=spec.engine.options),
         serves=spec.serves, concurrency=spec.concurrency,
         replicas=ReplicaSpec.model_validate(spec.replicas.model_dump(by_alias=False)),
         request_timeout_s=spec.request_timeout_seconds, owned_by=spec.owned_by,

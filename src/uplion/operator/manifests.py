@@ -5,7 +5,12 @@ KEDA ScaledObject on the track's topic. One ConfigMap holds the models file both
 Every object carries an owner reference to the AIModel, so deleting it removes them all.
 
 Workers run ``uplion worker --model NAME@VERSION --models /etc/uplion/models.yaml``; the broker
-URL and the upstream API keys come from the environment. Their probes expect the worker to answer
+URL and the upstream API keys come from the environment. A model with a ``source`` gets an init
+container, ``uplion fetch-model``, with the same image, environment and credentials, which fetches
+the artifact into the model cache volume (an ``emptyDir`` by default; a ``hostPath`` or a claim
+shared by replicas when ``modelCache`` says so) and links it at ``MODEL_LINK``; the worker reads
+that link (``UPLION_MODEL_PATH``) and fetches nothing. ``pvc://claim/path`` sources mount the
+claim read-only under ``PVC_ROOT``. Their probes expect the worker to answer
 HTTP on ``HEALTH_PORT`` (``UPLION_HEALTH_PORT``): ``/livez`` while its loop runs, ``/readyz``
 once its engine is loaded.
 
@@ -34,6 +39,8 @@ Track = Literal["stable", "canary"]
 HEALTH_PORT = 8081
 MODELS_DIR = "/etc/uplion"
 CACHE_DIR = "/var/cache/uplion"
+MODEL_CACHE_DIR = f"{CACHE_DIR}/models"
+PVC_ROOT = "/mnt/uplion/pvc"
 RUN_AS = 10001
 WORKER_SERVICE_ACCOUNT = "uplion-worker"
 REDIS_STREAM_PREFIX = "uplion:topic:"
@@ -147,6 +154,11 @@ def _broker_url(broker: resource.Broker) -> str:
     )
 
 
+def model_link(name: str, version: str) -> str:
+    """Where the init container links the fetched artifact of a model version."""
+    return f"{MODEL_CACHE_DIR}/.links/{name}@{version}"
+
+
 def _env(spec: resource.AIModelSpec) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
@@ -157,6 +169,8 @@ def _env(spec: resource.AIModelSpec) -> list[dict[str, Any]]:
         {"name": "HOME", "value": "/tmp"},
         {"name": "XDG_CACHE_HOME", "value": CACHE_DIR},
         {"name": "HF_HOME", "value": f"{CACHE_DIR}/huggingface"},
+        {"name": "UPLION_MODEL_CACHE", "value": MODEL_CACHE_DIR},
+        {"name": "UPLION_PVC_ROOT", "value": PVC_ROOT},
     ]
     for account, ref in spec.engine.secret_refs.items():
         env.append({
@@ -197,6 +211,24 @@ def _container_security() -> dict[str, Any]:
     }
 
 
+def _cache_volume(cache: resource.ModelCache) -> dict[str, Any]:
+    if cache.volume == "hostPath":
+        return {"name": "cache", "hostPath": {"path": cache.host_path, "type": "DirectoryOrCreate"}}
+    if cache.volume == "persistentVolumeClaim":
+        return {"name": "cache", "persistentVolumeClaim": {"claimName": cache.claim_name}}
+    empty: dict[str, Any] = {}
+    if cache.size_limit is not None:
+        empty["sizeLimit"] = cache.size_limit
+    return {"name": "cache", "emptyDir": empty}
+
+
+def _source_claim(source: str | None) -> str | None:
+    """The claim a ``pvc://claim/path`` source reads from."""
+    if source is None or not source.startswith("pvc://"):
+        return None
+    return source.removeprefix("pvc://").split("/", 1)[0]
+
+
 def worker_deployment(
     aimodel: Mapping[str, Any], namespace: str, track: Track = "stable"
 ) -> dict[str, Any]:
@@ -207,6 +239,41 @@ def worker_deployment(
     image = spec.canary.image if track == "canary" and spec.canary and spec.canary.image else None
     labels = _labels(aimodel, track)
     checksum = hashlib.sha256(models_file(aimodel).encode()).hexdigest()
+    env = _env(spec)
+    env_from = ([{"secretRef": {"name": spec.source_credentials}}]
+                if spec.source_credentials else [])
+    mounts = [
+        {"name": "models", "mountPath": MODELS_DIR, "readOnly": True},
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "cache", "mountPath": CACHE_DIR},
+    ]
+    volumes: list[dict[str, Any]] = [
+        {"name": "models", "configMap": {"name": config_map_name(aimodel)}},
+        {"name": "tmp", "emptyDir": {}},
+        _cache_volume(spec.model_cache),
+    ]
+    claim = _source_claim(spec.source)
+    if claim is not None:
+        mounts.append({"name": "source", "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": True})
+        volumes.append({"name": "source",
+                        "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
+    init_containers = []
+    if spec.source is not None:
+        link = model_link(spec.name, version)
+        init_containers.append({
+            "name": "fetch-model",
+            "image": image or spec.image,
+            "command": ["uplion"],
+            "args": [
+                "fetch-model", "--models-file", f"{MODELS_DIR}/models.yaml",
+                "--model", f"{spec.name}@{version}", "--link", link,
+            ],
+            "env": env,
+            **({"envFrom": env_from} if env_from else {}),
+            "securityContext": _container_security(),
+            "volumeMounts": mounts,
+        })
+        env = [*env, {"name": "UPLION_MODEL_PATH", "value": link}]
     container = {
         "name": "worker",
         "image": image or spec.image,
@@ -215,18 +282,15 @@ def worker_deployment(
             "worker", "--model", f"{spec.name}@{version}",
             "--models", f"{MODELS_DIR}/models.yaml", "--name", "$(POD_NAME)",
         ],
-        "env": _env(spec),
+        "env": env,
+        **({"envFrom": env_from} if env_from else {}),
         "ports": [{"name": "health", "containerPort": HEALTH_PORT, "protocol": "TCP"}],
         "startupProbe": _probe("/livez", 10, 60),
         "livenessProbe": _probe("/livez", 10, 3),
         "readinessProbe": _probe("/readyz", 5, 2),
         "resources": _resources(spec),
         "securityContext": _container_security(),
-        "volumeMounts": [
-            {"name": "models", "mountPath": MODELS_DIR, "readOnly": True},
-            {"name": "tmp", "mountPath": "/tmp"},
-            {"name": "cache", "mountPath": CACHE_DIR},
-        ],
+        "volumeMounts": mounts,
     }
     pod_spec: dict[str, Any] = {
         # The token lets a failing worker post its UplionUnrecoverable Event (RBAC: events
@@ -241,12 +305,9 @@ def worker_deployment(
             "fsGroup": RUN_AS,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
+        **({"initContainers": init_containers} if init_containers else {}),
         "containers": [container],
-        "volumes": [
-            {"name": "models", "configMap": {"name": config_map_name(aimodel)}},
-            {"name": "tmp", "emptyDir": {}},
-            {"name": "cache", "emptyDir": {}},
-        ],
+        "volumes": volumes,
     }
     if spec.node_selector:
         pod_spec["nodeSelector"] = dict(spec.node_selector)

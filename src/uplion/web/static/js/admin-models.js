@@ -209,14 +209,20 @@ function wireDeployForm({ announce, fail, refresh }) {
       request_res: resources("cpu", "memory"),
       limit_res: resources("cpu_limit", "memory_limit"),
       model: {
-        name: String(data.get("name")).trim(),
         version: String(data.get("version")).trim() || "1",
-        serves: data.get("serves"),
-        engine: { kind: data.get("engine"), options },
+        engine: {
+          kind: data.get("engine"), device: data.get("device"),
+          trust_pickle: data.get("trust_pickle") === "on", options,
+        },
         concurrency: count(data.get("concurrency")) ?? 4,
         request_timeout_s: Number.parseFloat(data.get("timeout")) || 60,
       },
     };
+    // Left empty, these mean: a generated name (md-<id>), no artifact, what the model says.
+    for (const field of ["name", "source", "serves"]) {
+      const value = String(data.get(field) ?? "").trim();
+      if (value) request.model[field] = value;
+    }
     try {
       const deployment = await api.call("POST", "/v1/modelDeployment", request);
       result.textContent = `Deployed ${label(deployment)} (${deployment.id}): `

@@ -1,0 +1,54 @@
+"""From a model spec to a loaded engine: fetch the artifact, pick the engine, load it.
+
+Every failure on the way is an ``Unrecoverable`` whose reason names the step (``SourceNotFound``,
+``ChecksumMismatch``, ``UnrecognizedArtifact``, ``PickleNotTrusted``, ``InvalidConfig``,
+``LoadFailed``…): the worker announces the model Failed with it instead of retrying a model that
+cannot load. An engine that fails while loading is closed, so nothing stays half-loaded.
+
+In a cluster the worker's init container has fetched the artifact already (``uplion fetch-model
+--link``) and the worker is given that path (``UPLION_MODEL_PATH``); on one machine the artifact
+is fetched here, into the shared cache, before loading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from uplion import fetch
+from uplion.models import ModelSpec
+from uplion.worker import engines
+from uplion.worker.engines import base
+
+log = logging.getLogger(__name__)
+
+
+async def load_engine(spec: ModelSpec, fetched: Path | None = None) -> base.Engine:
+    """The loaded engine of ``spec``; ``fetched`` is the artifact's path when fetched already."""
+    path = fetched
+    if path is None and spec.source is not None:
+        log.info("fetching %s@%s from %s", spec.name, spec.version, spec.source)
+        try:
+            path = await asyncio.to_thread(fetch.fetch, spec.source, spec.fetch)
+        except fetch.FetchError as error:
+            raise base.Unrecoverable(error.reason, error.message) from error
+    try:
+        engine = engines.create(spec.engine, path)
+    except ValueError as error:
+        raise base.Unrecoverable("InvalidConfig", str(error)) from error
+    try:
+        await engine.load()
+    except base.Unrecoverable:
+        await engine.close()
+        raise
+    except Exception as error:
+        await engine.close()
+        log.exception("loading %s@%s failed", spec.name, spec.version)
+        shown = f" from {path}" if path is not None else ""
+        raise base.Unrecoverable(
+            "LoadFailed", f"the {spec.engine.kind} engine could not load the model{shown}: {error}"
+        ) from error
+    log.info("loaded %s@%s on %s (%s, serves %s)", spec.name, spec.version, engine.info.device,
+             engine.info.platform, engine.info.serves or spec.serves)
+    return engine
