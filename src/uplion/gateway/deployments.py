@@ -53,7 +53,7 @@ def _view(request: Request, deployment: Deployment) -> dict[str, Any]:
     health = state.health.of(spec.name, spec.version)
     body = deployment.request.model_dump(mode="json")
     v2 = f"/v2/models/{spec.name}/versions/{spec.version}/infer"
-    serves = spec.serves or state.serves_of(spec.name, spec.version)
+    serves = state.serves_of(spec)
     endpoints = {"v2_infer": v2}
     if serves in ("text-generation", None):  # None: not known until a worker has loaded it
         endpoints |= {"chat_completions": "/v1/chat/completions",

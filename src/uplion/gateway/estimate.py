@@ -25,7 +25,7 @@ class Estimate:
         return self.prompt_tokens + self.output_tokens
 
 
-def _tokens(text: str) -> int:
+def _tokens(text: str | bytes) -> int:
     return len(text) // _CHARS_PER_TOKEN + 1
 
 
@@ -44,8 +44,14 @@ def embedding(body: schemas.EmbeddingRequest) -> Estimate:
 
 
 def v2_infer(body: schemas.V2InferRequest) -> Estimate:
-    texts = [item for tensor in body.inputs if tensor.datatype == "BYTES"
-             for item in schemas.flatten(tensor.data) if isinstance(item, str)]
+    """Texts are the elements of ``BYTES`` inputs, JSON strings or binary (``raw``)."""
+    texts: list[str | bytes] = []
+    for tensor in body.inputs:
+        if tensor.datatype == "BYTES":
+            texts.extend(
+                schemas.split_bytes(tensor.raw) if tensor.raw is not None
+                else [item for item in schemas.flatten(tensor.data or []) if isinstance(item, str)]
+            )
     max_tokens = (body.parameters or {}).get("max_tokens")
     per_text = max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else (
         DEFAULT_OUTPUT_TOKENS)

@@ -10,6 +10,10 @@ Workers announce their status every few seconds on the broker; a worker not hear
   healthy (the configuration was fixed and the worker restarted), however long that takes.
 - Pending: no live worker and no failure: not started yet, or scaled to zero. Requests are
   accepted and wait in the queue for a worker to start.
+
+Heartbeats also carry what the loaded model says about itself (``protocol.ModelInfo``: what it
+serves, its device, its v2 tensors); the board keeps the newest per model version, and keeps it
+when the workers scale to zero, so v2 metadata still describes the model.
 """
 
 from __future__ import annotations
@@ -49,12 +53,22 @@ class HealthBoard:
 
     def __init__(self) -> None:
         self._models: dict[tuple[str, str], dict[str, protocol.WorkerStatus]] = {}
+        self._info: dict[tuple[str, str], tuple[float, protocol.ModelInfo]] = {}
 
     def record(self, status: protocol.WorkerStatus) -> None:
-        workers = self._models.setdefault((status.model, status.version), {})
+        key = (status.model, status.version)
+        workers = self._models.setdefault(key, {})
         known = workers.get(status.worker)
         if known is None or known.at <= status.at:
             workers[status.worker] = status
+        newest = self._info.get(key)
+        if status.info is not None and (newest is None or newest[0] <= status.at):
+            self._info[key] = (status.at, status.info)
+
+    def info(self, model: str, version: str) -> protocol.ModelInfo | None:
+        """What the newest heartbeat said about the loaded model; ``None`` before any did."""
+        newest = self._info.get((model, version))
+        return newest[1] if newest else None
 
     def of(self, model: str, version: str, now: float | None = None) -> ModelHealth:
         now = time.time() if now is None else now

@@ -1,13 +1,16 @@
 """The KServe v2 / Open Inference Protocol over REST: health, metadata and inference.
 
-Text models take a BYTES input of texts: generation models answer a BYTES ``text_output``,
-embedding models an FP32 ``embedding`` of shape ``[n, dim]``. Errors are ``{"error": "..."}`` as
-the protocol specifies.
+Tensors are JSON (``data``) or binary (the binary tensor data extension, see
+``kserve_binary``); the gateway checks each input's data against its shape and datatype, and the
+worker checks names, datatypes and shapes against the model's own tensors. Model metadata comes
+from what the model's workers report in their heartbeats (from the artifact); before any worker
+has reported, text models show their fixed text tensors. Text models take a BYTES input of texts:
+generation models answer a BYTES ``text_output``, embedding models an FP32 ``embedding`` of shape
+``[n, dim]``, classifiers a BYTES ``label`` and an FP32 ``score``. Errors are
+``{"error": "..."}`` as the protocol specifies.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -16,20 +19,9 @@ from starlette.routing import Route
 import uplion
 from uplion import protocol, schemas
 from uplion.accounts.principal import Principal
-from uplion.gateway import catalog, errors, estimate
+from uplion.gateway import catalog, errors, estimate, kserve_binary
 from uplion.gateway.openai import json_response
 from uplion.gateway.state import state_of
-
-_TENSORS: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]] = {
-    "text-generation": (
-        [{"name": "text_input", "datatype": "BYTES", "shape": [-1]}],
-        [{"name": "text_output", "datatype": "BYTES", "shape": [-1]}],
-    ),
-    "embedding": (
-        [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
-        [{"name": "embedding", "datatype": "FP32", "shape": [-1, -1]}],
-    ),
-}
 
 
 async def server_metadata(request: Request) -> Response:
@@ -66,10 +58,18 @@ async def _route(request: Request, *, draw: bool) -> tuple[catalog.Route, Princi
 
 async def model_metadata(request: Request) -> Response:
     route, _ = await _route(request, draw=False)
-    inputs, outputs = _TENSORS[route.spec.serves]
+    state = state_of(request)
+    info = state.health.info(route.spec.name, route.spec.version)
+    if info is not None:
+        platform = info.platform
+        inputs = [tensor.as_json() for tensor in info.inputs]
+        outputs = [tensor.as_json() for tensor in info.outputs]
+    else:
+        platform = f"uplion/{route.spec.engine.kind}"
+        inputs, outputs = schemas.V2_TEXT_TENSORS.get(route.spec.serves or "", ([], []))
     return json_response({
-        "name": route.spec.name, "versions": state_of(request).catalog.versions(route.spec.name),
-        "platform": f"uplion/{route.spec.engine.kind}", "inputs": inputs, "outputs": outputs,
+        "name": route.spec.name, "versions": state.catalog.versions(route.spec.name),
+        "platform": platform, "inputs": inputs, "outputs": outputs,
     })
 
 
@@ -83,24 +83,18 @@ async def model_ready(request: Request) -> Response:
 
 async def infer(request: Request) -> Response:
     route, caller = await _route(request, draw=True)
-    if "inference-header-content-length" in request.headers:
-        raise errors.invalid_request(
-            "The binary tensor data extension is not supported: send tensors as JSON "
-            "(tritonclient: binary_data=False)."
-        )
-    payload = schemas.decode_body(await request.body())
-    body = schemas.parse(payload, schemas.V2InferRequest)
+    payload, body = kserve_binary.read_request(
+        request.headers.get(kserve_binary.HEADER), await request.body()
+    )
     state = state_of(request)
     call = await state.exchange.call(
         route, protocol.Protocol.KSERVE_V2, payload, False, caller, estimate.v2_infer(body)
     )
     final = await call.result(request)
     usage = final.usage or protocol.Usage()
-    return json_response({
-        "model_name": route.spec.name, "model_version": route.spec.version,
-        "id": body.id or call.task.id, "parameters": usage.as_openai(),
-        "outputs": (final.data or {}).get("outputs", []),
-    }, headers=call.headers)
+    envelope = {"model_name": route.spec.name, "model_version": route.spec.version,
+                "id": body.id or call.task.id, "parameters": usage.as_openai()}
+    return kserve_binary.respond(envelope, (final.data or {}).get("outputs", []), call.headers)
 
 
 _MODEL = "/v2/models/{name}"

@@ -53,7 +53,7 @@ def _model_object(state: GatewayState, route: catalog.Route) -> dict[str, Any]:
     """OpenAI's model object, plus uplion's ``serves`` and ``status`` (phase, replicas, reason)."""
     health = state.health.of(route.spec.name, route.spec.version)
     return {"id": route.spec.name, "object": "model", "created": state.started,
-            "owned_by": route.spec.owned_by, "serves": route.spec.serves,
+            "owned_by": route.spec.owned_by, "serves": state.serves_of(route.spec),
             "status": health.as_json()}
 
 
@@ -69,9 +69,10 @@ async def _open(
     if route is None:
         raise errors.model_not_found(body.model)
     auth.check_model(caller, route.spec.name)
-    if route.spec.serves is not None and route.spec.serves != serves:
+    served = state.serves_of(route.spec)
+    if served is not None and served != serves:  # None: no worker has said yet; it will refuse
         raise errors.invalid_request(
-            f"The model `{body.model}` serves {route.spec.serves}, not {serves}.",
+            f"The model `{body.model}` serves {served}, not {serves}.",
             param="model", code="model_not_supported",
         )
     call = await state.exchange.call(

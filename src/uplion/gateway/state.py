@@ -16,6 +16,7 @@ from uplion.gateway.exchange import Exchange
 from uplion.gateway.health import HealthBoard
 from uplion.gateway.metrics import GatewayMetrics
 from uplion.gateway.relay import Relay
+from uplion.models import ModelSpec
 from uplion.models.deployment import DeploymentBackend
 
 
@@ -36,10 +37,12 @@ class GatewayState:
     ready: bool = False
 
 
-    def serves_of(self, model: str, version: str) -> str | None:
-        """What a model version answers, as its workers report it from the artifact (``None``
-        until one has)."""
-        info = self.health.info(model, version)
+    def serves_of(self, spec: ModelSpec) -> str | None:
+        """What a model version answers: its spec's ``serves``, else what its workers report
+        from the artifact (``None`` until one has)."""
+        if spec.serves is not None:
+            return spec.serves
+        info = self.health.info(spec.name, spec.version)
         return None if info is None else info.serves
 
 

@@ -158,13 +158,20 @@ class InProcessReplicas(Replicas):
             del self._workers[replica]
             error = None if running.cancelled() else running.exception()
             if replica.failure is not None:
-                self._engine = None  # reload: the configuration may have been fixed
+                if self._engine is replica.engine:
+                    self._engine = None  # reload: the configuration may have been fixed
+                await self._close_unused(replica.engine)
                 await self.crashed(f"{replica.failure.reason}: {replica.failure.message}")
             elif error is not None:
                 await self.crashed(repr(error))
         if not self._workers and self._engine is not None and self.target == 0:
             await self._engine.close()
             self._engine = None
+
+    async def _close_unused(self, engine: engines.base.Engine) -> None:
+        """Close a failed engine once no replica uses it (a child server, sessions, files)."""
+        if engine is not self._engine and all(r.engine is not engine for r in self._workers):
+            await engine.close()
 
     async def _close(self) -> None:
         for replica in self._workers:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from uplion import protocol, schemas
+from uplion.models.spec import Serves
 from uplion.worker.engines import base
 
 
@@ -25,10 +26,10 @@ class Part:
     usage: protocol.Usage | None = None
 
 
-def answer(engine: base.Engine, task: protocol.Task, embeds: bool) -> AsyncIterator[Part]:
+def answer(engine: base.Engine, task: protocol.Task, serves: Serves) -> AsyncIterator[Part]:
     """The parts of the reply to ``task``; raises ``base.Unsupported`` or ``base.EngineError``.
 
-    ``embeds`` says the model serves embeddings, which decides what a v2 inference returns.
+    ``serves`` (what the model serves) decides what a v2 inference runs and returns.
     """
     match task.protocol:
         case protocol.Protocol.OPENAI_CHAT:
@@ -39,7 +40,7 @@ def answer(engine: base.Engine, task: protocol.Task, embeds: bool) -> AsyncItera
         case protocol.Protocol.OPENAI_EMBEDDING:
             return _embedding(engine, schemas.parse(task.payload, schemas.EmbeddingRequest))
         case protocol.Protocol.KSERVE_V2:
-            return _v2_infer(engine, schemas.parse(task.payload, schemas.V2InferRequest), embeds)
+            return _v2_infer(engine, schemas.parse(task.payload, schemas.V2InferRequest), serves)
 
 
 def _params(
@@ -154,30 +155,60 @@ def _encode_vector(vector: list[float], encoding_format: str) -> list[float] | s
     return base64.b64encode(packed.tobytes()).decode()
 
 
+def declared_tensors(
+    info: base.EngineInfo, serves: Serves
+) -> tuple[list[base.TensorSpec], list[base.TensorSpec]]:
+    """A model's v2 inputs and outputs: the engine's own, else the fixed ones of text models
+    (a classifier's first two outputs are its label and score)."""
+    inputs, outputs = schemas.V2_TEXT_TENSORS.get(serves, ([], []))
+    return (info.inputs or [base.TensorSpec(**spec) for spec in inputs],
+            info.outputs if info.outputs and len(info.outputs) >= len(outputs)
+            else [base.TensorSpec(**spec) for spec in outputs])
+
+
 async def _v2_infer(
-    engine: base.Engine, request: schemas.V2InferRequest, embeds: bool
+    engine: base.Engine, request: schemas.V2InferRequest, serves: Serves
 ) -> AsyncIterator[Part]:
-    """v2 over text models: a BYTES input of texts in, a tensor out (see docs/api.md)."""
-    source = next((t for t in request.inputs if t.datatype == "BYTES"), None)
-    if source is None:
-        raise base.EngineError(protocol.ErrorInfo(
-            "This model takes a BYTES input tensor of texts.", type="invalid_request_error",
-            param="inputs", status=400,
-        ))
-    texts = [_text(item) for item in schemas.flatten(source.data)]
-    options = {**(request.parameters or {}), **(source.parameters or {})}
-    if embeds:
+    """v2 inference (see docs/api.md): tensor models get the checked input arrays; text models
+    take the first BYTES input as their texts. Outputs are those asked for, binary or JSON."""
+    from uplion.worker import tensors  # numpy: the local extras, only needed for v2
+
+    inputs, outputs = declared_tensors(engine.info, serves)
+    tensors.check_outputs(request, outputs)
+    if serves == "tensor":
+        tensors.check(request.inputs, inputs)
+        arrays = {t.name: tensors.decode(t, index) for index, t in enumerate(request.inputs)}
+        produced = await engine.infer(arrays, [output.name for output in request.outputs or []])
+        yield Part({"outputs": tensors.select(request, produced, outputs)}, True, protocol.Usage())
+        return
+    texts = tensors.texts(request)
+    if serves == "embedding":
         result = await engine.embed(texts)
         dims = len(result.vectors[0]) if result.vectors else 0
-        output = {"name": "embedding", "datatype": "FP32", "shape": [len(texts), dims],
-                  "data": [value for vector in result.vectors for value in vector]}
-        yield Part({"outputs": [output]}, True, protocol.Usage(prompt_tokens=result.prompt_tokens))
-        return
+        produced = {outputs[0].name: tensors.fp32(result.vectors).reshape(len(texts), dims)}
+        usage = protocol.Usage(prompt_tokens=result.prompt_tokens)
+    elif serves == "classification":
+        ranked = await engine.classify(texts)
+        best = [labels[0] if labels else ("", 0.0) for labels in ranked.labels]
+        produced = {outputs[0].name: tensors.strings([label for label, _ in best]),
+                    outputs[1].name: tensors.fp32([score for _, score in best])}
+        usage = protocol.Usage(prompt_tokens=ranked.prompt_tokens)
+    else:
+        answers, usage = await _generate(engine, request, texts)
+        produced = {outputs[0].name: tensors.strings(answers)}
+    yield Part({"outputs": tensors.select(request, produced, outputs)}, True, usage)
+
+
+async def _generate(
+    engine: base.Engine, request: schemas.V2InferRequest, texts: list[str]
+) -> tuple[list[str], protocol.Usage]:
+    source = next(t for t in request.inputs if t.datatype == "BYTES")
+    options = {**(request.parameters or {}), **(source.parameters or {})}
     params = _params(
         _int_option(options, "max_tokens"), _float_option(options, "temperature"),
         _float_option(options, "top_p"), None, _int_option(options, "seed"),
     )
-    outputs: list[str] = []
+    answers: list[str] = []
     usage = protocol.Usage()
     for text in texts:
         pieces: list[str] = []
@@ -188,18 +219,8 @@ async def _v2_infer(
                     usage.prompt_tokens + delta.usage.prompt_tokens,
                     usage.completion_tokens + delta.usage.completion_tokens,
                 )
-        outputs.append("".join(pieces))
-    output = {"name": "text_output", "datatype": "BYTES", "shape": [len(outputs)], "data": outputs}
-    yield Part({"outputs": [output]}, True, usage)
-
-
-def _text(item: Any) -> str:
-    if isinstance(item, str):
-        return item
-    raise base.EngineError(protocol.ErrorInfo(
-        "BYTES tensor elements must be UTF-8 strings in the JSON body.",
-        type="invalid_request_error", param="inputs", status=400,
-    ))
+        answers.append("".join(pieces))
+    return answers, usage
 
 
 def _int_option(options: dict[str, Any], key: str) -> int | None:

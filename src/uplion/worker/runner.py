@@ -5,7 +5,8 @@ many tasks as it has free slots. A task is acknowledged after its last chunk is 
 worker takes nothing new, finishes what it holds (drain) and gives back anything it could not
 start, so no task is lost.
 
-Every ``HEARTBEAT_S`` the worker announces its status (running, degraded, with its slots). An
+Every ``HEARTBEAT_S`` the worker announces its status (running, degraded, with its slots, and
+what its model says about itself: ``protocol.ModelInfo``, the gateway's v2 metadata). An
 unrecoverable engine failure (bad configuration, every upstream key refused) is announced as
 ``failed`` with its reason, answered to the request that met it with a 503, and stops the worker:
 its model fails fast at the gateway instead of failing each request slowly.
@@ -22,6 +23,7 @@ import uuid
 
 from uplion import broker, protocol
 from uplion.models import ModelSpec
+from uplion.models.spec import Serves
 from uplion.worker import replies
 from uplion.worker.engines import base
 
@@ -75,6 +77,23 @@ class Worker:
     @property
     def busy_slots(self) -> int:
         return len(self._running)
+
+    @property
+    def serves(self) -> Serves:
+        """What the model serves: the spec's word, else what the engine found in the artifact,
+        else text generation (engines that name nothing: chat and completions)."""
+        return self.spec.serves or self.engine.info.serves or "text-generation"
+
+    def model_info(self) -> protocol.ModelInfo:
+        """What the heartbeat says about the loaded model (its v2 metadata at the gateway)."""
+        info = self.engine.info
+        inputs, outputs = replies.declared_tensors(info, self.serves)
+        return protocol.ModelInfo(
+            serves=self.serves, device=info.device, platform=info.platform,
+            inputs=tuple(protocol.TensorInfo(t.name, t.datatype, tuple(t.shape)) for t in inputs),
+            outputs=tuple(protocol.TensorInfo(t.name, t.datatype, tuple(t.shape))
+                          for t in outputs),
+        )
 
     async def run(self) -> None:
         """Take and answer tasks until ``stop`` is called (or the engine fails); then drain."""
@@ -131,7 +150,7 @@ class Worker:
             slots=self.spec.concurrency, busy=len(self._running), at=time.time(),
             started=self.started,
             reason=failure.reason if failure else None,
-            message=failure.message if failure else message,
+            message=failure.message if failure else message, info=self.model_info(),
         ))
 
     def stop(self) -> None:
@@ -191,9 +210,7 @@ class Worker:
     async def _answer(self, task: protocol.Task, sender: _Sender) -> None:
         sender.queue_wait_s = max(0.0, time.time() - task.created)
         try:
-            async for part in replies.answer(
-                self.engine, task, embeds=self.spec.serves == "embedding"
-            ):
+            async for part in replies.answer(self.engine, task, self.serves):
                 await sender.send(part)
         except base.Unsupported as exc:
             await sender.fail(protocol.ErrorInfo(

@@ -1,29 +1,59 @@
 """``test-echo``: a deterministic engine for protocol tests and benchmarks. Never a default.
 
 It answers chat and completions by echoing the last user text word by word (one delta per word,
-so streaming is observable) and embeds text as a fixed-size vector of character statistics. An
-optional per-token delay makes slow or cancellable requests reproducible in tests.
+so streaming is observable), embeds text as a fixed-size vector of character statistics and
+classifies text as ``long`` or ``short`` by its word count. An optional per-token delay makes slow
+or cancellable requests reproducible in tests.
+
+With ``tensors`` it serves KServe v2 tensors instead, for protocol tests: ``identity`` declares
+the inputs ``TENSOR_INPUTS`` and answers ``y = 2 * x`` and every other input unchanged under its
+own name; ``any`` declares no tensors and answers every input unchanged under its own name, so
+every datatype can make the round trip.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from uplion import protocol, schemas
 from uplion.worker.engines import base
 
+if TYPE_CHECKING:
+    import numpy as np
+
 _DIMENSIONS = 8
+
+TENSOR_MODES = ("", "identity", "any")
+
+TENSOR_INPUTS = [
+    base.TensorSpec("x", "FP32", [-1, 3]),
+    base.TensorSpec("ids", "INT64", [-1]),
+    base.TensorSpec("flags", "BOOL", [-1]),
+    base.TensorSpec("names", "BYTES", [-1]),
+]
+TENSOR_OUTPUTS = [
+    base.TensorSpec("y", "FP32", [-1, 3]),
+    *TENSOR_INPUTS[1:],
+]
 
 
 class EchoEngine(base.Engine):
-    def __init__(self, token_delay_s: float = 0.0) -> None:
+    def __init__(self, token_delay_s: float = 0.0, tensors: str = "") -> None:
+        if tensors not in TENSOR_MODES:
+            raise ValueError(
+                f"engine 'test-echo': option 'tensors' must be identity or any, not {tensors!r}"
+            )
         self.token_delay_s = token_delay_s
         self.info = base.EngineInfo(
             platform="uplion-test-echo", context_length=4096, embedding_dimensions=_DIMENSIONS
         )
+        if tensors:
+            self.info.serves = "tensor"
+        if tensors == "identity":
+            self.info.inputs, self.info.outputs = list(TENSOR_INPUTS), list(TENSOR_OUTPUTS)
 
     def chat(
         self, messages: list[dict[str, Any]], params: base.GenerationParams
@@ -44,6 +74,22 @@ class EchoEngine(base.Engine):
             vectors=[_vector(text) for text in texts],
             prompt_tokens=sum(len(text.split()) for text in texts),
         )
+
+    async def classify(self, texts: list[str]) -> base.Classification:
+        labels = []
+        for text in texts:
+            words = len(text.split())
+            long = words / (words + 1)
+            labels.append(sorted([("long", long), ("short", 1 - long)], key=lambda x: -x[1]))
+        return base.Classification(labels, sum(len(text.split()) for text in texts))
+
+    async def infer(
+        self, inputs: dict[str, np.ndarray], outputs: Sequence[str]
+    ) -> dict[str, np.ndarray]:
+        answers = dict(inputs)
+        if self.info.inputs:
+            answers["y"] = answers.pop("x") * 2
+        return answers
 
     async def _words(
         self, text: str, prompt_tokens: int, params: base.GenerationParams

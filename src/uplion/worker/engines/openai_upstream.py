@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import ipaddress
 import logging
 import random
 import time
@@ -503,11 +504,20 @@ def _check_url(value: str) -> str:
 
 def _env_proxy(url: str) -> str | None:
     """The proxy the environment names for ``url`` (``HTTPS_PROXY``, ``HTTP_PROXY``), unless
-    ``NO_PROXY`` bypasses its host."""
+    ``NO_PROXY`` bypasses its host or the host is this machine (a server the worker runs)."""
     parts = urllib.parse.urlsplit(url)
-    if urllib.request.proxy_bypass(parts.netloc):
+    if _loopback(parts.hostname) or urllib.request.proxy_bypass(parts.netloc):
         return None
     return urllib.request.getproxies().get(parts.scheme)
+
+
+def _loopback(host: str | None) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host or "").is_loopback
+    except ValueError:
+        return False
 
 
 def _parse_accounts(entries: Sequence[Mapping[str, Any]]) -> list[account_pool.AccountConfig]:

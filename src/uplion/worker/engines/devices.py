@@ -1,0 +1,73 @@
+"""Where a PyTorch engine runs: the device asked for, checked against what is visible, and a dtype
+suited to it. Shared by the local engines; PyTorch is imported only when these are called.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from uplion.worker.engines import base
+
+if TYPE_CHECKING:
+    import torch
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+"""The values of an engine's ``dtype`` option."""
+
+
+def resolve_device(requested: str) -> str:
+    """``cpu``, ``cuda`` or ``cuda:N`` for ``requested`` (``auto``: CUDA when a GPU is visible);
+    ``base.Unrecoverable("DeviceUnavailable")`` when the GPU asked for is not there."""
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cpu":
+        return "cpu"
+    if requested == "cuda" or requested.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise base.Unrecoverable(
+                "DeviceUnavailable",
+                f"device {requested!r} was asked for but no CUDA GPU is visible to this worker "
+                "(set device: auto or cpu, or run the worker on a GPU node)",
+            )
+        index = requested.partition(":")[2]
+        count = torch.cuda.device_count()
+        if index and int(index) >= count:
+            raise base.Unrecoverable(
+                "DeviceUnavailable",
+                f"device {requested!r} was asked for but this worker sees {count} CUDA GPU(s) "
+                f"(cuda:0 to cuda:{count - 1})",
+            )
+        return requested
+    raise base.Unrecoverable(
+        "InvalidConfig", f"device {requested!r} is not one of auto, cpu, cuda, cuda:N"
+    )
+
+
+def torch_dtype(device: str, requested: str = "auto") -> torch.dtype:
+    """The dtype to load weights in: ``requested``, or for ``auto`` float32 on the CPU and
+    bfloat16 (float16 where the GPU lacks it) on CUDA."""
+    import torch
+
+    if requested not in DTYPES:
+        raise base.Unrecoverable(
+            "InvalidConfig", f"option 'dtype' must be one of {', '.join(DTYPES)}, not {requested!r}"
+        )
+    if requested != "auto":
+        dtype: torch.dtype = getattr(torch, requested)
+        return dtype
+    if device == "cpu":
+        return torch.float32
+    with torch.cuda.device(device):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def set_cpu_threads(threads: int | None) -> int:
+    """Size PyTorch's CPU thread pool (``None``: ``min(2, cpu_count)``); returns the size."""
+    import torch
+
+    count = threads if threads is not None else min(2, os.cpu_count() or 1)
+    torch.set_num_threads(count)
+    return count

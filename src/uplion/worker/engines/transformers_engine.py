@@ -1,0 +1,279 @@
+"""``transformers``: any transformers model, on CUDA when a GPU is visible, else the CPU.
+
+What it serves comes from the artifact (see ``hf_loading``): a causal LM or a sequence-to-sequence
+model generates text (chat through the tokenizer's own chat template, completions, streamed; see
+``hf_generation``), a sentence-transformers folder or an encoder loaded with ``task: embedding``
+embeds texts (see ``hf_pooling``), and a sequence classifier labels them. All model and tokenizer
+calls run on one dedicated model thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from uplion import protocol
+from uplion.worker.engines import base, devices, hf_generation, hf_loading, hf_pooling, hf_text
+
+logger = logging.getLogger(__name__)
+
+_BATCH = 32
+"""Texts encoded in one forward pass (embedding, classification)."""
+
+
+class TransformersEngine(base.Engine):
+    def __init__(
+        self,
+        artifact: base.Artifact,
+        task: hf_loading.Task | None = None,
+        default_max_tokens: int = 256,
+        threads: int | None = None,
+        dtype: str = "auto",
+        max_length: int | None = None,
+    ) -> None:
+        self.artifact = artifact
+        self.task = task
+        self.default_max_tokens = default_max_tokens
+        self.threads = threads
+        self.dtype = dtype
+        self.max_length = max_length
+        self._truncate_at = max_length
+        self.info = base.EngineInfo(platform="pytorch")
+        self._plan: hf_loading.Plan | None = None
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._device = "cpu"
+        self._model_thread: ThreadPoolExecutor | None = None
+        self._generator: hf_generation.Generator | None = None
+
+    async def load(self) -> None:
+        await asyncio.to_thread(self._load)
+
+    async def close(self) -> None:
+        if self._generator is not None:
+            self._generator.close()
+        if self._model_thread is not None:
+            self._model_thread.shutdown(wait=False, cancel_futures=True)
+        self._model_thread = None
+        self._generator = None
+        self._model = None
+        self._tokenizer = None
+
+    def chat(
+        self, messages: list[dict[str, Any]], params: base.GenerationParams
+    ) -> AsyncIterator[base.TextDelta]:
+        turns = [
+            {"role": str(m.get("role", "user")), "content": hf_text.content_text(m.get("content"))}
+            for m in messages
+        ]
+        generator, plan = self._generating()
+        if plan.encoder_decoder:
+            asked = next((t["content"] for t in reversed(turns) if t["role"] == "user"), "")
+            return generator.stream(lambda tokenizer: _encode(tokenizer, asked), params, "messages")
+        return generator.stream(lambda tokenizer: _template(tokenizer, turns), params, "messages")
+
+    def complete(self, prompt: str, params: base.GenerationParams) -> AsyncIterator[base.TextDelta]:
+        generator, _ = self._generating()
+        return generator.stream(lambda tokenizer: _encode(tokenizer, prompt), params, "prompt")
+
+    async def embed(self, texts: list[str]) -> base.Embeddings:
+        self._serving("embedding", "embeddings")
+        if not texts:
+            return base.Embeddings(vectors=[], prompt_tokens=0)
+        vectors, tokens = await self._on_model_thread(self._embed, texts)
+        return base.Embeddings(vectors=vectors, prompt_tokens=tokens)
+
+    async def classify(self, texts: list[str]) -> base.Classification:
+        self._serving("classification", "classification")
+        if not texts:
+            return base.Classification(labels=[], prompt_tokens=0)
+        labels, tokens = await self._on_model_thread(self._classify, texts)
+        return base.Classification(labels=labels, prompt_tokens=tokens)
+
+    # Loading
+
+    def _load(self) -> None:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+        plan = hf_loading.plan(self.artifact.path, self.task)
+        device = devices.resolve_device(self.artifact.device)
+        dtype = devices.torch_dtype(device, self.dtype)
+        threads = devices.set_cpu_threads(self.threads) if device == "cpu" else None
+        started = time.perf_counter()
+        model, tokenizer = hf_loading.load(plan, device, dtype)
+        self._plan, self._model, self._tokenizer, self._device = plan, model, tokenizer, device
+        self._model_thread = model_thread = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="transformers-model"
+        )
+        try:
+            self._start(plan, hf_loading.context_length(plan.config, tokenizer), model_thread)
+        except BaseException:
+            model_thread.shutdown(wait=False, cancel_futures=True)
+            raise
+        self.info.serves, self.info.device = plan.task, device
+        self.info.extra = {
+            "architecture": plan.architecture,
+            "format": plan.source_format,
+            "dtype": str(dtype).removeprefix("torch."),
+        }
+        logger.info(
+            "loaded %s (%s, %s) from %s on %s in %.1fs%s",
+            plan.architecture, plan.task, self.info.extra["dtype"], plan.folder, device,
+            time.perf_counter() - started, f" ({threads} torch threads)" if threads else "",
+        )
+
+    def _start(
+        self, plan: hf_loading.Plan, context: int | None, model_thread: ThreadPoolExecutor
+    ) -> None:
+        """Warm the model up on its thread (the first forward pass on a thread sets up PyTorch's
+        thread pool: not in a request) and describe what it serves in ``info``."""
+        info = self.info
+        if plan.task == "text-generation":
+            self._generator = hf_generation.Generator(
+                hf_generation.TextModel(
+                    model=self._model,
+                    tokenizer=self._tokenizer,
+                    device=self._device,
+                    end_ids=hf_loading.end_ids(self._model, self._tokenizer),
+                    context_length=context,
+                    decoder_start=hf_loading.decoder_start(plan, self._model),
+                    keeps_logits=hf_loading.keeps_logits(self._model),
+                ),
+                model_thread,
+                self.default_max_tokens,
+            )
+            self._generator.warm_up()
+            info.context_length = context
+            info.inputs = [base.TensorSpec("text_input", "BYTES", [-1])]
+            info.outputs = [base.TensorSpec("text_output", "BYTES", [-1])]
+            return
+        self._truncate_at = info.context_length = self._truncation(plan, context)
+        info.inputs = [base.TensorSpec("text", "BYTES", [-1])]
+        if plan.task == "embedding":
+            (vector,), _ = model_thread.submit(self._embed, ["Hello"]).result()
+            info.embedding_dimensions = len(vector)
+            info.outputs = [base.TensorSpec("embedding", "FP32", [-1, len(vector)])]
+        else:
+            model_thread.submit(self._classify, ["Hello"]).result()
+            info.outputs = [
+                base.TensorSpec("label", "BYTES", [-1]), base.TensorSpec("score", "FP32", [-1])
+            ]
+
+    def _truncation(self, plan: hf_loading.Plan, context: int | None) -> int | None:
+        """Where texts are cut for embedding and classification: the option, else the
+        sentence-transformers setting, else the tokenizer's or the model's limit."""
+        if self.max_length is not None:
+            return self.max_length
+        if plan.pooling is not None and plan.pooling.max_seq_length is not None:
+            return plan.pooling.max_seq_length
+        limits = [n for n in (hf_loading.tokenizer_limit(self._tokenizer), context) if n]
+        return min(limits, default=None)
+
+    # Requests
+
+    def _generating(self) -> tuple[hf_generation.Generator, hf_loading.Plan]:
+        plan = self._serving("text-generation", "chat and completions")
+        if self._generator is None:
+            raise RuntimeError("the transformers engine is not loaded")
+        return self._generator, plan
+
+    def _serving(self, task: str, what: str) -> hf_loading.Plan:
+        """The plan of the loaded model; ``base.Unsupported`` when it serves another task."""
+        plan = self._plan
+        if plan is None or self._model is None:
+            raise RuntimeError("the transformers engine is not loaded")
+        if plan.task != task:
+            raise base.Unsupported(what)
+        return plan
+
+    async def _on_model_thread(self, call: Any, texts: list[str]) -> Any:
+        if self._model_thread is None:
+            raise RuntimeError("the transformers engine was closed")
+        return await asyncio.wrap_future(self._model_thread.submit(call, texts))
+
+    def _batches(self, texts: list[str]) -> list[tuple[Any, int]]:
+        """The tokenized batches of ``texts`` on the device, each with its token count."""
+        batches = []
+        for at in range(0, len(texts), _BATCH):
+            inputs = self._tokenizer(
+                texts[at : at + _BATCH],
+                padding=True,
+                truncation=self._truncate_at is not None,
+                max_length=self._truncate_at,
+                return_tensors="pt",
+            ).to(self._device)
+            batches.append((inputs, int(inputs["attention_mask"].sum())))
+        return batches
+
+    def _embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
+        import torch
+
+        pooling = self._pooling()
+        if pooling.lower_case:
+            texts = [text.lower() for text in texts]
+        vectors: list[list[float]] = []
+        tokens = 0
+        with torch.inference_mode():
+            for inputs, count in self._batches(texts):
+                hidden = self._model(**inputs).last_hidden_state
+                pooled = hf_pooling.pool(hidden, inputs["attention_mask"], pooling)
+                vectors.extend(pooled.cpu().tolist())
+                tokens += count
+        return vectors, tokens
+
+    def _classify(self, texts: list[str]) -> tuple[list[list[tuple[str, float]]], int]:
+        import torch
+
+        config = self._model.config
+        multi_label = config.problem_type == "multi_label_classification"
+        names = config.id2label
+        labels: list[list[tuple[str, float]]] = []
+        tokens = 0
+        with torch.inference_mode():
+            for inputs, count in self._batches(texts):
+                logits = self._model(**inputs).logits.float()
+                scores = torch.sigmoid(logits) if multi_label else torch.softmax(logits, dim=-1)
+                for row in scores.cpu().tolist():
+                    ranked = sorted(enumerate(row), key=lambda item: item[1], reverse=True)
+                    labels.append([(str(names.get(i, i)), float(s)) for i, s in ranked])
+                tokens += count
+        return labels, tokens
+
+    def _pooling(self) -> hf_pooling.Pooling:
+        if self._plan is None or self._plan.pooling is None:
+            raise RuntimeError("the transformers engine does not embed")
+        return self._plan.pooling
+
+
+def _encode(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer(text)["input_ids"])
+
+
+def _template(tokenizer: Any, turns: list[dict[str, str]]) -> list[int]:
+    """The chat as the model was trained to read it, from the tokenizer's own chat template."""
+    from jinja2 import TemplateError
+
+    if not tokenizer.chat_template:
+        raise _bad_messages(
+            "This model's tokenizer has no chat template, so it cannot take chat messages; "
+            "use the completions API with a prompt instead.",
+            "chat_template_missing",
+        )
+    try:
+        text = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+    except TemplateError as error:
+        raise _bad_messages(f"This model's chat template refused the messages: {error}") from error
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _bad_messages(message: str, code: str | None = None) -> base.EngineError:
+    return base.EngineError(
+        protocol.ErrorInfo(
+            message=message, type="invalid_request_error", code=code, param="messages", status=400
+        )
+    )
