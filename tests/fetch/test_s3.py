@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from pathlib import Path
@@ -117,8 +118,9 @@ def test_an_unknown_key_and_a_key_without_rights_are_access_denied(
 ) -> None:
     name = bucket()
     iam = boto3.client("iam", endpoint_url=s3.url)
-    iam.create_user(UserName="no-rights")
-    key = iam.create_access_key(UserName="no-rights")["AccessKey"]
+    user = f"no-rights-{name}"
+    iam.create_user(UserName=user)
+    key = iam.create_access_key(UserName=user)["AccessKey"]
     with enable_iam_authentication():
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAWRONGWRONGWRONG0")
         with pytest.raises(FetchError) as unknown:
@@ -131,6 +133,29 @@ def test_an_unknown_key_and_a_key_without_rights_are_access_denied(
         assert caught.value.reason == "AccessDenied"
         assert f"s3://{name}/models/bert: access denied ({code})" in caught.value.message
     assert key["SecretAccessKey"] not in denied.value.message
+
+
+def test_a_key_readable_without_the_right_to_list_the_bucket(
+    s3: S3Server, cache_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = bucket()
+    iam = boto3.client("iam", endpoint_url=s3.url)
+    user = f"reader-{name}"
+    iam.create_user(UserName=user)
+    iam.put_user_policy(UserName=user, PolicyName="one-object", PolicyDocument=json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "s3:GetObject",
+                       "Resource": f"arn:aws:s3:::{name}/models/tiny.gguf"}],
+    }))
+    key = iam.create_access_key(UserName=user)["AccessKey"]
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
+    with enable_iam_authentication():
+        path = fetch(f"s3://{name}/models/tiny.gguf", FetchSpec(), cache_root)
+        with pytest.raises(FetchError) as caught:
+            fetch(f"s3://{name}/models/bert", FetchSpec(), cache_root)
+    assert path.read_bytes() == MODEL["models/tiny.gguf"]
+    assert caught.value.reason == "AccessDenied"
 
 
 def test_a_bad_checksum_names_the_file_and_leaves_nothing_cached(

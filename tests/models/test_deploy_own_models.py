@@ -137,6 +137,8 @@ def test_the_usual_payload_deploys_an_s3_model_under_a_generated_name(
     assert name == f"md-{deployment['id']}"
     assert deployment["model"]["source"] == f"s3://{BUCKET}/xgb"
     assert deployment["predict_url"] == f"{platform.url}/v2/models/{name}/infer"
+    assert deployment["status"]["device"] == "cpu"
+    assert admin.get(f"/v1/models/{name}").json()["serves"] == "tensor"
     for binary in (False, True):
         proba = _infer(platform, name, models.features, "predict_proba", binary)
         np.testing.assert_allclose(proba, models.xgboost_proba, rtol=1e-5)

@@ -8,5 +8,6 @@ Blocking: async callers run it in a thread.
 from uplion.fetch.cache import default_cache_root
 from uplion.fetch.core import fetch
 from uplion.fetch.errors import FetchError
+from uplion.fetch.sources import redact
 
-__all__ = ["FetchError", "default_cache_root", "fetch"]
+__all__ = ["FetchError", "default_cache_root", "fetch", "redact"]

@@ -54,15 +54,29 @@ def plan(source: Source, options: FetchSpec) -> Plan:
     bucket, key = source.authority, source.path
     client = _client(source, options.s3)
     prefix = f"{key}/" if key else ""
-    listed = _call(source, lambda: _list(client, bucket, prefix))
+    listed: list[_Object] = []
+    denied: FetchError | None = None
+    try:
+        listed = _call(source, lambda: _list(client, bucket, prefix))
+    except FetchError as error:
+        if error.reason != "AccessDenied" or not key:
+            raise
+        denied = error  # yet the key may name an object readable without s3:ListBucket
     if listed:
         return _folder(source, options, client, prefix, listed)
     if key:
-        head = _call(source, lambda: client.head_object(Bucket=bucket, Key=key), missing=True)
+        try:
+            head = _call(source, lambda: client.head_object(Bucket=bucket, Key=key), missing=True)
+        except FetchError:
+            if denied is None:
+                raise
+            head = None
         if head is not None:
             single = _Object(key, head["ETag"], head["ContentLength"])
             return Plan(_identity(client, [("", single)]), key.rsplit("/", 1)[-1], "file",
                         lambda path: _write([(single, path)], client, source))
+    if denied is not None:
+        raise denied
     where = f"no object {key!r} and nothing under {prefix!r}" if key else "the bucket is empty"
     raise FetchError("SourceNotFound", f"{source.shown}: {where} in bucket {bucket!r}")
 

@@ -177,13 +177,12 @@ async def list_models(request: Request) -> Response:
     data = []
     for route in state.catalog.routes():
         backlog = await state.broker.backlog(route.topic, protocol.WORKER_GROUP)
-        health = state.health.of(route.spec.name, route.spec.version)
         data.append({
             "name": route.spec.name, "version": route.spec.version, "topic": route.topic,
             "serves": state.serves_of(route.spec), "engine": route.spec.engine.kind,
             "replicas": {"min": route.spec.replicas.min, "max": route.spec.replicas.max},
             "backlog": {"waiting": backlog.waiting, "in_flight": backlog.in_flight},
-            "status": health.as_json(),
+            "status": state.status_of(route.spec),
             "traffic": _traffic(state.catalog.split(route.spec.name), route.spec.name),
         })
     return _json({"object": "list", "data": data})

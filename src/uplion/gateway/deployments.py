@@ -66,7 +66,7 @@ def _view(request: Request, deployment: Deployment) -> dict[str, Any]:
     return {
         "id": deployment.id, "object": "model.deployment", "name": spec.name,
         "version": spec.version, "model": f"{spec.name}@{spec.version}", **body,
-        "state": _STATES[health.phase], "reason": reason, "status": health.as_json(),
+        "state": _STATES[health.phase], "reason": reason, "status": state.status_of(spec),
         "predict_url": f"{str(request.base_url).rstrip('/')}/v2/models/{spec.name}/infer",
         "endpoints": endpoints,
         "created_at": deployment.created_at.isoformat(),

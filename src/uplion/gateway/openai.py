@@ -51,10 +51,9 @@ async def retrieve_model(request: Request) -> Response:
 
 def _model_object(state: GatewayState, route: catalog.Route) -> dict[str, Any]:
     """OpenAI's model object, plus uplion's ``serves`` and ``status`` (phase, replicas, reason)."""
-    health = state.health.of(route.spec.name, route.spec.version)
     return {"id": route.spec.name, "object": "model", "created": state.started,
             "owned_by": route.spec.owned_by, "serves": state.serves_of(route.spec),
-            "status": health.as_json()}
+            "status": state.status_of(route.spec)}
 
 
 async def _open(

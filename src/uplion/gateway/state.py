@@ -46,6 +46,13 @@ class GatewayState:
         return None if info is None else info.serves
 
 
+    def status_of(self, spec: ModelSpec) -> dict[str, object]:
+        """A model version's health, with the device its workers said they run it on."""
+        info = self.health.info(spec.name, spec.version)
+        return {**self.health.of(spec.name, spec.version).as_json(),
+                "device": None if info is None else info.device}
+
+
 def state_of(request: Request) -> GatewayState:
     state: GatewayState = request.app.state.uplion
     return state

@@ -28,7 +28,7 @@ async def load_engine(spec: ModelSpec, fetched: Path | None = None) -> base.Engi
     """The loaded engine of ``spec``; ``fetched`` is the artifact's path when fetched already."""
     path = fetched
     if path is None and spec.source is not None:
-        log.info("fetching %s@%s from %s", spec.name, spec.version, spec.source)
+        log.info("fetching %s@%s from %s", spec.name, spec.version, fetch.redact(spec.source))
         try:
             path = await asyncio.to_thread(fetch.fetch, spec.source, spec.fetch)
         except fetch.FetchError as error:

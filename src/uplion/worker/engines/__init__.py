@@ -124,17 +124,16 @@ def _test_echo(options: _Options, artifact: base.Artifact) -> base.Engine:
 
 
 def _transformers(options: _Options, artifact: base.Artifact) -> base.Engine:
-    task = next((t for t in hf_loading.TASKS if t == options.text("task")), None)
-    dtype = options.text("dtype") or "auto"
+    named_task, dtype = options.text("task"), options.text("dtype") or "auto"
     for name, value, allowed in [
-        ("task", task or options.text("task") or None, hf_loading.TASKS),
-        ("dtype", dtype, devices.DTYPES),
+        ("task", named_task or None, hf_loading.TASKS), ("dtype", dtype, devices.DTYPES)
     ]:
         if value is not None and value not in allowed:
             raise ValueError(
                 f"engine 'transformers': option {name!r} must be one of {', '.join(allowed)}, "
                 f"not {value!r}"
             )
+    task = next((t for t in hf_loading.TASKS if t == named_task), None)
     return TransformersEngine(
         artifact,
         task=task,

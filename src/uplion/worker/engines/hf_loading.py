@@ -84,7 +84,7 @@ def load(plan: Plan, device: str, dtype: Any) -> tuple[Any, Any]:
     try:
         model = auto.from_pretrained(plan.folder, dtype=dtype, local_files_only=True)
         tokenizer = AutoTokenizer.from_pretrained(plan.folder, local_files_only=True)
-    except (ValueError, OSError, KeyError) as error:
+    except (ValueError, OSError, KeyError, ImportError) as error:
         raise base.Unrecoverable(
             "UnsupportedModel",
             f"cannot load {plan.architecture} from {plan.folder} for {plan.task}: {error}",

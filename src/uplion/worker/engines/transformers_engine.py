@@ -54,14 +54,7 @@ class TransformersEngine(base.Engine):
         await asyncio.to_thread(self._load)
 
     async def close(self) -> None:
-        if self._generator is not None:
-            self._generator.close()
-        if self._model_thread is not None:
-            self._model_thread.shutdown(wait=False, cancel_futures=True)
-        self._model_thread = None
-        self._generator = None
-        self._model = None
-        self._tokenizer = None
+        self._release()
 
     def chat(
         self, messages: list[dict[str, Any]], params: base.GenerationParams
@@ -113,7 +106,7 @@ class TransformersEngine(base.Engine):
         try:
             self._start(plan, hf_loading.context_length(plan.config, tokenizer), model_thread)
         except BaseException:
-            model_thread.shutdown(wait=False, cancel_futures=True)
+            self._release()
             raise
         self.info.serves, self.info.device = plan.task, device
         self.info.extra = {
@@ -163,6 +156,15 @@ class TransformersEngine(base.Engine):
             info.outputs = [
                 base.TensorSpec("label", "BYTES", [-1]), base.TensorSpec("score", "FP32", [-1])
             ]
+
+    def _release(self) -> None:
+        """Stop every generation before its next token and let the model go."""
+        if self._generator is not None:
+            self._generator.close()
+        if self._model_thread is not None:
+            self._model_thread.shutdown(wait=False, cancel_futures=True)
+        self._model_thread = self._generator = None
+        self._plan = self._model = self._tokenizer = None
 
     def _truncation(self, plan: hf_loading.Plan, context: int | None) -> int | None:
         """Where texts are cut for embedding and classification: the option, else the
