@@ -1,7 +1,9 @@
 # syntax=docker/dockerfile:1
 # One image for every role: `uplion gateway|worker|operator|billing|admin ...`.
 # The default models ship inside PyPI wheels and SmolLM2's converted cache is made at build
-# time, so a worker starts with no network access (offline clusters).
+# time, so a worker starts with no network access (offline clusters). Engines load only local
+# files; models of one's own are fetched by `uplion fetch-model` (hf://, s3://, https://), so the
+# runtime does not set HF_HUB_OFFLINE.
 
 ARG PYTHON_IMAGE=python:3.11-slim
 
@@ -43,8 +45,6 @@ ENV PATH=/opt/uplion/venv/bin:$PATH \
     UPLION_CACHE_DIR=/opt/uplion/cache \
     UPLION_HOST=0.0.0.0 \
     UPLION_PORT=8000 \
-    HF_HUB_OFFLINE=1 \
-    TRANSFORMERS_OFFLINE=1 \
     HOME=/home/uplion
 WORKDIR /home/uplion
 USER 10001:10001

@@ -589,3 +589,19 @@ def test_a_changed_gguf_file_gets_a_new_conversion_folder(tmp_path: Path) -> Non
     assert len({first, touched, gguf_cache.cached_folder(gguf, tmp_path / "cache")}) == 3
     assert first.parent == tmp_path / "cache"
     assert first.name.startswith("model-")
+
+
+async def test_loading_leaves_the_hub_online_for_later_fetches(
+    causal_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Engines read local files only, without switching the whole process offline: on one
+    machine a model deployed later from hf:// is fetched by the same process."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    engine = await loaded(causal_dir)
+    try:
+        assert engine.info.serves == "text-generation"
+        assert "HF_HUB_OFFLINE" not in os.environ
+        assert "TRANSFORMERS_OFFLINE" not in os.environ
+    finally:
+        await engine.close()

@@ -10,7 +10,6 @@ model runs (``trust_remote_code`` stays off).
 from __future__ import annotations
 
 import inspect
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -46,8 +45,6 @@ class Plan:
 def plan(path: Path | None, task: Task | None) -> Plan:
     """Look at the artifact at ``path``; ``base.Unrecoverable`` naming the path for one this
     engine cannot serve."""
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["TRANSFORMERS_OFFLINE"] = "1"
     if path is None:
         raise base.Unrecoverable(
             "InvalidConfig", "the transformers engine needs a model source (a folder or a file)"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
-import os
 import threading
 import time
 from pathlib import Path
@@ -61,8 +60,6 @@ class SentenceTransformerEngine(base.Engine):
         return await asyncio.to_thread(self._embed, self._model, texts)
 
     def _load(self) -> None:
-        os.environ["HF_HUB_OFFLINE"] = "1"
-        os.environ["TRANSFORMERS_OFFLINE"] = "1"
         from sentence_transformers import SentenceTransformer
 
         path = self.path if self.path is not None else minilm_dir()
