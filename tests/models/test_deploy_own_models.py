@@ -1,12 +1,15 @@
-"""Models of one's own, end to end: artifacts put in a real S3 endpoint (moto's server) by the
-test, deployed through ``POST /v1/modelDeployment`` on a running ``uplion run``, called with
-the real clients (``tritonclient`` in JSON and binary modes, ``openai``), and their answers
-compared with the models called directly here. Failures (a missing prefix, a wrong key, a bad
+"""Models of one's own, end to end: artifacts put in a real S3 endpoint (moto's server), an HTTP
+server (an archive) and a hand-built Hugging Face cache by the test, deployed through
+``POST /v1/modelDeployment`` on a running ``uplion run``, called with the real clients
+(``tritonclient`` in JSON and binary modes, ``openai``), and their answers compared with the
+models called directly here. Failures (a missing prefix, a wrong key, a bad
 checksum, an untrusted pickle, an unrecognized artifact) turn the deployment ``failed`` with a
 reason that names the cause."""
 
 from __future__ import annotations
 
+import io
+import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,12 +20,19 @@ import httpx
 import numpy as np
 import openai
 import pytest
+import torch
 import tritonclient.http as triton
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+)
 
 from tests import helpers
 from tests.engines import tensor_models, tiny_models
-from tests.fetch.servers import S3Server
+from tests.fetch.helpers import hub_repo
+from tests.fetch.servers import FileServer, Route, S3Server
 
 BUCKET = "demmodels"
 pytestmark = pytest.mark.slow
@@ -49,6 +59,16 @@ class Models:
         self.llm = tiny_models.causal_lm(folder / "llm")
         for file in self.llm.iterdir():
             self.files[f"llm/{file.name}"] = file
+        self.seq2seq = tiny_models.seq2seq(folder / "t5")
+        self.classifier = tiny_models.classifier(folder / "bert")
+
+
+def _archive(folder: Path) -> bytes:
+    """``folder`` as a .tar.gz holding that one folder, as ``tar czf`` makes it."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        archive.add(folder, arcname=folder.name)
+    return buffer.getvalue()
 
 
 def _logistic() -> Any:
@@ -64,19 +84,30 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Models:
 
 
 @pytest.fixture(scope="module")
+def file_server(models: Models) -> Iterator[FileServer]:
+    with FileServer() as files:
+        files.routes["/models/t5.tar.gz"] = Route(_archive(models.seq2seq), etag='"t5-1"')
+        yield files
+
+
+@pytest.fixture(scope="module")
 def served(
-    models: Models, tmp_path_factory: pytest.TempPathFactory
+    models: Models, file_server: FileServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[helpers.Served, httpx.Client]]:
     tmp = tmp_path_factory.mktemp("platform")
     keys = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
             "AWS_DEFAULT_REGION": "us-east-1"}
+    hub = tmp / "hub"
+    hub_repo(hub, "acme/tiny-sentiment",
+             {f.name: f.read_bytes() for f in models.classifier.iterdir() if f.is_file()})
     with S3Server() as s3:
         client = boto3.client("s3", endpoint_url=s3.url, **_boto_keys(keys))
         client.create_bucket(Bucket=BUCKET)
         for key, file in models.files.items():
             client.upload_file(str(file), BUCKET, key)
         env = {**keys, "AWS_ENDPOINT_URL": s3.url, "UPLION_MODEL_CACHE": str(tmp / "cache"),
-               "AWS_CONFIG_FILE": str(tmp / "none"), "AWS_SHARED_CREDENTIALS_FILE": str(tmp / "x")}
+               "AWS_CONFIG_FILE": str(tmp / "none"), "AWS_SHARED_CREDENTIALS_FILE": str(tmp / "x"),
+               "HF_HUB_CACHE": str(hub), "HF_HUB_OFFLINE": "1"}
         with helpers.platform(tmp, env=env, timeout=120) as platform, \
                 httpx.Client(base_url=platform.url, headers=platform.headers,
                              timeout=60) as admin:
@@ -205,6 +236,54 @@ def test_a_language_model_from_s3_chats_through_the_openai_client(
     assert answer.choices[0].message.content == expected
     assert answer.usage is not None
     assert answer.usage.prompt_tokens == prompt["input_ids"].shape[1]
+
+
+def test_a_seq2seq_model_from_an_https_archive_completes(
+    served: tuple[helpers.Served, httpx.Client], models: Models, file_server: FileServer
+) -> None:
+    platform, admin = served
+    url = f"{file_server.url}/models/t5.tar.gz"
+    deployment = deploy(admin, {"name": "tiny-t5", "source": url})
+    assert deployment["state"] == "active", deployment
+    client = openai.OpenAI(base_url=f"{platform.url}/v1",
+                           api_key=platform.headers["Authorization"].removeprefix("Bearer "))
+    answer = client.completions.create(model="tiny-t5", prompt="hello world", max_tokens=6,
+                                       temperature=0)
+    tokenizer = AutoTokenizer.from_pretrained(models.seq2seq)
+    model = AutoModelForSeq2SeqLM.from_pretrained(models.seq2seq)
+    inputs = tokenizer("hello world", return_tensors="pt")
+    generated = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+    expected = tokenizer.decode(generated[0], skip_special_tokens=True)
+    assert expected.strip()
+    assert answer.choices[0].text == expected
+
+
+def test_a_classifier_from_the_hub_labels_texts_over_v2(
+    served: tuple[helpers.Served, httpx.Client], models: Models
+) -> None:
+    platform, admin = served
+    deployment = deploy(admin, {"name": "sentiment", "source": "hf://acme/tiny-sentiment"})
+    assert deployment["state"] == "active", deployment
+    texts = ["hello world", "the cat sat"]
+    client = _triton(platform)
+    try:
+        tensor = triton.InferInput("text", [len(texts)], "BYTES")
+        tensor.set_data_from_numpy(np.array([t.encode() for t in texts], dtype=object))
+        result = client.infer("sentiment", [tensor],
+                              headers={"Authorization": platform.headers["Authorization"]})
+        labels = [label.decode() for label in result.as_numpy("label")]
+        scores = result.as_numpy("score")
+    finally:
+        client.close()
+    tokenizer = AutoTokenizer.from_pretrained(models.classifier)
+    model = AutoModelForSequenceClassification.from_pretrained(models.classifier)
+    with torch.no_grad():
+        logits = model(**tokenizer(texts, return_tensors="pt", padding=True)).logits
+    probabilities = torch.softmax(logits, dim=-1)
+    best = probabilities.max(dim=-1)
+    assert labels == [model.config.id2label[int(i)] for i in best.indices]
+    np.testing.assert_allclose(scores, best.values.numpy(), rtol=1e-4)
+    assert admin.get("/v1/models/sentiment").json()["serves"] == "classification"
 
 
 @pytest.mark.parametrize(("model", "reason", "named"), [
