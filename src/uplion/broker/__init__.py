@@ -8,9 +8,17 @@
 from __future__ import annotations
 
 from uplion.broker import memory, pulsar, pulsar_names, redis_streams
-from uplion.broker.base import Backlog, Broker, Consumer, Delivery
+from uplion.broker.base import (
+    MAX_DELIVERIES,
+    Backlog,
+    Broker,
+    BrokerUnavailable,
+    Consumer,
+    Delivery,
+)
 
-__all__ = ["Backlog", "Broker", "Consumer", "Delivery", "connect"]
+__all__ = ["MAX_DELIVERIES", "Backlog", "Broker", "BrokerUnavailable", "Consumer", "Delivery",
+           "connect"]
 
 
 def connect(url: str) -> Broker:

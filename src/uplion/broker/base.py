@@ -25,12 +25,24 @@ CancelHandler = Callable[[str], None]
 StatusHandler = Callable[[protocol.WorkerStatus], None]
 
 
+class BrokerUnavailable(Exception):
+    """The broker cannot be reached now (refused, reset, timed out). Callers wait it out with
+    backoff and try again: workers keep their loaded model, gateways answer 503 meanwhile."""
+
+
+MAX_DELIVERIES = 3
+"""A task delivered this many times without an answer (its workers died holding it) is not
+run again: the worker that takes it next fails the request with a clear error and acks it."""
+
+
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    """A task handed to one consumer; ``receipt`` is what the broker needs to ack it."""
+    """A task handed to one consumer; ``receipt`` is what the broker needs to ack it;
+    ``attempt`` counts its deliveries (1 the first time, 2 after one redelivery, ...)."""
 
     task: protocol.Task
     receipt: str
+    attempt: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,15 +65,25 @@ class Consumer(abc.ABC):
         """Wait up to ``timeout`` seconds for tasks; return at most ``max_count`` (maybe none)."""
 
     @abc.abstractmethod
-    async def ack(self, delivery: Delivery) -> None:
-        """The task is answered: it is never delivered again."""
+    async def ack(self, delivery: Delivery) -> bool:
+        """The task is answered: it is never delivered again. ``False`` (and nothing removed)
+        when this consumer no longer owns it: another consumer claimed it since."""
 
     @abc.abstractmethod
     async def release(self, delivery: Delivery) -> None:
         """Give a task back unanswered so another consumer takes it at once."""
 
+    lost_handler: Callable[[str], None] | None = None
+
+    def on_lost(self, handler: Callable[[str], None]) -> None:
+        """Call ``handler(task_id)`` when a task this consumer holds was claimed by another
+        (this worker stalled past the visibility timeout): the worker stops working on it.
+        Brokers whose tasks are never claimed away from a live consumer never call it."""
+        self.lost_handler = handler
+
     @abc.abstractmethod
-    async def close(self) -> None: ...
+    async def close(self) -> None:
+        """Give back what is held and stop; never raises because the broker is down."""
 
 
 class Broker(abc.ABC):

@@ -121,9 +121,11 @@ class _MemoryConsumer(base.Consumer):
             deliveries.append(base.Delivery(task=task, receipt=receipt))
         return deliveries
 
-    async def ack(self, delivery: base.Delivery) -> None:
+    async def ack(self, delivery: base.Delivery) -> bool:
+        held = delivery.receipt in self._held
         self._topic.in_flight.pop(delivery.receipt, None)
         self._held.discard(delivery.receipt)
+        return held
 
     async def release(self, delivery: base.Delivery) -> None:
         task = self._topic.in_flight.pop(delivery.receipt, None)

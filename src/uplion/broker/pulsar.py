@@ -466,10 +466,12 @@ class _PulsarConsumer(base.Consumer):
                     give_up = min(give_up, loop.time() + _GATHER_S)
             return deliveries
 
-    async def ack(self, delivery: base.Delivery) -> None:
+    async def ack(self, delivery: base.Delivery) -> bool:
         message = self._held.pop(delivery.receipt, None)
-        if message is not None and self._consumer is not None:
-            await self._consumer.acknowledge(message)
+        if message is None or self._consumer is None:
+            return False
+        await self._consumer.acknowledge(message)
+        return True
 
     async def release(self, delivery: base.Delivery) -> None:
         message = self._held.pop(delivery.receipt, None)

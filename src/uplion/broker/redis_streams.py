@@ -571,10 +571,10 @@ class _RedisConsumer(base.Consumer):
             if deliveries or loop.time() >= give_up:
                 return deliveries
 
-    async def ack(self, delivery: base.Delivery) -> None:
+    async def ack(self, delivery: base.Delivery) -> bool:
         self._held.pop(delivery.receipt, None)
         redis = self._broker._open_connections().redis
-        await redis.xack(self._stream, self._group, delivery.receipt)
+        return bool(await redis.xack(self._stream, self._group, delivery.receipt))
 
     async def release(self, delivery: base.Delivery) -> None:
         if self._held.pop(delivery.receipt, None) is None:
