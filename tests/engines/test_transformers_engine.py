@@ -11,7 +11,6 @@ import contextlib
 import dataclasses
 import os
 import shutil
-import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,33 +21,16 @@ import pytest_asyncio
 import torch
 
 from tests.engines import tiny_models
+from tests.engines.streams import collect, generation_threads, text_of, wait_until_gone
 from uplion.models import EngineSpec
 from uplion.worker import engines
-from uplion.worker.engines import base, devices, gguf_cache, hf_generation
+from uplion.worker.engines import base, devices, gguf_cache
 from uplion.worker.engines.transformers_engine import TransformersEngine
 
 session_loop = pytest.mark.asyncio(loop_scope="session")
 GREEDY = base.GenerationParams(temperature=0.0, max_tokens=12)
 CHAT = [{"role": "user", "content": "the cat sat on the mat"}]
 TEXTS = ["the cat sat on the mat", "a big red car", "the quick fox jumps over the lazy dog sun"]
-
-
-async def collect(stream: AsyncIterator[base.TextDelta]) -> list[base.TextDelta]:
-    return [delta async for delta in stream]
-
-
-def text_of(deltas: list[base.TextDelta]) -> str:
-    return "".join(delta.text for delta in deltas)
-
-
-def generation_threads() -> set[threading.Thread]:
-    return {t for t in threading.enumerate() if t.name.startswith(hf_generation.THREAD_PREFIX)}
-
-
-def wait_until_gone(threads: set[threading.Thread]) -> None:
-    for thread in threads:
-        thread.join(timeout=10)
-    assert not any(thread.is_alive() for thread in threads), "generation kept running"
 
 
 async def loaded(path: Path, **options: Any) -> TransformersEngine:

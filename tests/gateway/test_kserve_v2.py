@@ -8,11 +8,10 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
-from tritonclient._plugin import InferenceServerClientPlugin
-from tritonclient._request import Request
 from tritonclient.utils import InferenceServerException
 
 from tests import helpers
+from tests.triton import client as triton_client
 
 
 @pytest.fixture(scope="module")
@@ -29,18 +28,9 @@ def http(served: helpers.Served) -> Iterator[httpx.Client]:
 
 @pytest.fixture
 def client(served: helpers.Served) -> Iterator[triton.InferenceServerClient]:
-    instance = triton.InferenceServerClient(served.url.removeprefix("http://"))
-    instance.register_plugin(_BearerToken(served.admin_token or ""))
+    instance = triton_client(served)
     yield instance
     instance.close()
-
-
-class _BearerToken(InferenceServerClientPlugin):  # type: ignore[misc]
-    def __init__(self, token: str) -> None:
-        self.token = token
-
-    def __call__(self, request: Request) -> None:
-        request.headers["Authorization"] = f"Bearer {self.token}"
 
 
 def _texts(name: str, texts: list[str]) -> triton.InferInput:

@@ -33,6 +33,7 @@ from tests import helpers
 from tests.engines import tensor_models, tiny_models
 from tests.fetch.helpers import hub_repo
 from tests.fetch.servers import FileServer, Route, S3Server
+from tests.triton import client as triton_client
 
 BUCKET = "demmodels"
 pytestmark = pytest.mark.slow
@@ -135,21 +136,16 @@ def deploy(admin: httpx.Client, model: dict[str, Any]) -> dict[str, Any]:
     return deployment
 
 
-def _triton(platform: helpers.Served) -> triton.InferenceServerClient:
-    client = triton.InferenceServerClient(platform.url.removeprefix("http://"))
-    return client
-
-
 def _infer(
-    platform: helpers.Served, name: str, features: np.ndarray, output: str, binary: bool
+    platform: helpers.Served, name: str, features: np.ndarray, output: str, binary: bool,
+    input_name: str = "input",
 ) -> np.ndarray:
-    client = _triton(platform)
+    client = triton_client(platform)
     try:
-        tensor = triton.InferInput("input", list(features.shape), "FP32")
+        tensor = triton.InferInput(input_name, list(features.shape), "FP32")
         tensor.set_data_from_numpy(features, binary_data=binary)
         wanted = triton.InferRequestedOutput(output, binary_data=binary)
-        result = client.infer(name, [tensor], outputs=[wanted],
-                              headers={"Authorization": platform.headers["Authorization"]})
+        result = client.infer(name, [tensor], outputs=[wanted])
         array = result.as_numpy(output)
         assert array is not None
         return array
@@ -190,25 +186,12 @@ def test_onnx_and_lightgbm_models_answer_as_they_do_here(
     assert onnx["state"] == lgbm["state"] == "active", (onnx, lgbm)
     session = onnxruntime.InferenceSession(models.onnx_model.SerializeToString())
     [expected] = session.run(["probabilities"], {"X": models.features})
-    probabilities = _infer_onnx(platform, "iris-onnx", models.features)
+    probabilities = _infer(platform, "iris-onnx", models.features, "probabilities",
+                           binary=False, input_name="X")
     np.testing.assert_allclose(probabilities, expected, rtol=1e-5)
     predicted = _infer(platform, "reg-lgbm", models.features, "predict", binary=True)
     np.testing.assert_allclose(predicted.ravel(), models.lightgbm.predict(models.features),
                                rtol=1e-5)
-
-
-def _infer_onnx(platform: helpers.Served, name: str, features: np.ndarray) -> np.ndarray:
-    client = _triton(platform)
-    try:
-        tensor = triton.InferInput("X", list(features.shape), "FP32")
-        tensor.set_data_from_numpy(features)
-        result = client.infer(name, [tensor],
-                              headers={"Authorization": platform.headers["Authorization"]})
-        array = result.as_numpy("probabilities")
-        assert array is not None
-        return array
-    finally:
-        client.close()
 
 
 def test_a_language_model_from_s3_chats_through_the_openai_client(
@@ -265,12 +248,11 @@ def test_a_classifier_from_the_hub_labels_texts_over_v2(
     deployment = deploy(admin, {"name": "sentiment", "source": "hf://acme/tiny-sentiment"})
     assert deployment["state"] == "active", deployment
     texts = ["hello world", "the cat sat"]
-    client = _triton(platform)
+    client = triton_client(platform)
     try:
         tensor = triton.InferInput("text", [len(texts)], "BYTES")
         tensor.set_data_from_numpy(np.array([t.encode() for t in texts], dtype=object))
-        result = client.infer("sentiment", [tensor],
-                              headers={"Authorization": platform.headers["Authorization"]})
+        result = client.infer("sentiment", [tensor])
         labels = [label.decode() for label in result.as_numpy("label")]
         scores = result.as_numpy("score")
     finally:

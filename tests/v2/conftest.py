@@ -9,10 +9,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 import tritonclient.http as triton
-from tritonclient._plugin import InferenceServerClientPlugin
-from tritonclient._request import Request
 
 from tests import helpers
+from tests.triton import client as triton_client
 
 MODELS = """\
 models:
@@ -54,15 +53,6 @@ def http(served: helpers.Served) -> Iterator[httpx.Client]:
 
 @pytest.fixture
 def client(served: helpers.Served) -> Iterator[triton.InferenceServerClient]:
-    instance = triton.InferenceServerClient(served.url.removeprefix("http://"))
-    instance.register_plugin(_BearerToken(served.admin_token or ""))
+    instance = triton_client(served)
     yield instance
     instance.close()
-
-
-class _BearerToken(InferenceServerClientPlugin):  # type: ignore[misc]
-    def __init__(self, token: str) -> None:
-        self.token = token
-
-    def __call__(self, request: Request) -> None:
-        request.headers["Authorization"] = f"Bearer {self.token}"

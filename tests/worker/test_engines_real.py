@@ -15,8 +15,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from pathlib import Path
 
@@ -25,11 +23,12 @@ import pytest
 import pytest_asyncio
 from tokenizers import Tokenizer
 
+from tests.engines.streams import collect, generation_threads, text_of, wait_until_gone
 from tests.engines.tiny_models import smollm2_gguf
 from uplion import protocol
 from uplion.models import EngineSpec
 from uplion.worker import engines
-from uplion.worker.engines import base, gguf_cache, hf_generation
+from uplion.worker.engines import base, gguf_cache
 from uplion.worker.engines.hf_text import IncrementalDecoder, StopMatcher
 from uplion.worker.engines.onnx_embedding import OnnxEmbeddingEngine
 from uplion.worker.engines.sentence_embedding import SentenceTransformerEngine, minilm_dir
@@ -45,25 +44,6 @@ SENTENCES = [
 ]
 
 session_loop = pytest.mark.asyncio(loop_scope="session")
-
-
-async def collect(stream: AsyncIterator[base.TextDelta]) -> list[base.TextDelta]:
-    return [delta async for delta in stream]
-
-
-def text_of(deltas: list[base.TextDelta]) -> str:
-    return "".join(delta.text for delta in deltas)
-
-
-def generation_threads() -> set[threading.Thread]:
-    return {t for t in threading.enumerate() if t.name.startswith(hf_generation.THREAD_PREFIX)}
-
-
-def wait_until_gone(threads: set[threading.Thread], within_s: float) -> None:
-    deadline = time.monotonic() + within_s
-    for thread in threads:
-        thread.join(timeout=max(0.0, deadline - time.monotonic()))
-    assert not any(thread.is_alive() for thread in threads), "generation kept running"
 
 
 @pytest.fixture(scope="session")
