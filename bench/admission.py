@@ -55,9 +55,9 @@ async def measure(gate: Admission, ops: int, concurrency: int, run: str) -> Figu
             request_id = f"{run}-{number}"
             started = time.perf_counter_ns()
             decision = await gate.admit(CALLER, request_id, ESTIMATE)
-            if not decision.allowed:
+            if not decision.allowed or decision.reservation is None:
                 raise RuntimeError(f"refused: {decision.message}")
-            await gate.settle(CALLER, request_id, ESTIMATE, USED)
+            await gate.settle(decision.reservation, USED)
             latencies.append(time.perf_counter_ns() - started)
 
     started = time.perf_counter()

@@ -64,7 +64,7 @@ async def _run(
                                   max_retries=0, timeout=30) as client:
         requests = [asyncio.create_task(_ask(client, index, stream=index % 2 == 0))
                     for index in range(24)]
-        await _wait_until_busy(base_url)
+        await _wait_until_busy(base_url, token)
         victim.send_signal(signal.SIGKILL)
         victim.wait()
         started = time.monotonic()
@@ -73,9 +73,9 @@ async def _run(
     return dict(enumerate(results))
 
 
-async def _wait_until_busy(base_url: str) -> None:
+async def _wait_until_busy(base_url: str, token: str) -> None:
     """Until both workers hold tasks (8 in flight), so the kill strands some."""
-    async with httpx.AsyncClient() as http:
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"}) as http:
         for _ in range(100):
             text = (await http.get(f"{base_url}/metrics")).text
             if 'uplion_topic_backlog{state="in_flight",topic="model.echo-slow@1"} 8.0' in text:

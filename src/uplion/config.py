@@ -11,11 +11,17 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODELS_FILE = Path(__file__).parent / "defaults" / "models.yaml"
+AUTH_FAILURES_PER_MINUTE = 20
 
 
 def data_dir() -> Path:
     """Where one machine keeps its state: ``UPLION_DATA_DIR`` or ``~/.local/share/uplion``."""
     return Path(os.environ.get("UPLION_DATA_DIR") or "~/.local/share/uplion").expanduser()
+
+
+def keys_dir() -> Path:
+    """Where one machine keeps upstream API keys: a file per account, named after it."""
+    return data_dir() / "keys"
 
 
 class Settings(BaseSettings):
@@ -43,6 +49,10 @@ class Settings(BaseSettings):
         default=None, description="A worker's model artifact, fetched already (in a cluster, by "
         "its init container); the worker then fetches nothing.",
     )
+    single_replica: bool = Field(
+        default=False, description="`uplion gateway` runs alone: it may keep the principal "
+        "cache, rate limits, quotas and usage in its process when no Redis is configured.",
+    )
     deployments: Literal["none", "kubernetes"] = Field(
         default="none", description="What `uplion gateway`'s /v1/modelDeployment manages: "
         "nothing, or AIModel objects in its namespace (the gateway then routes them too).",
@@ -52,6 +62,42 @@ class Settings(BaseSettings):
     )
     image: str = Field(
         default="ghcr.io/uplion/uplion:0.1.0", description="Image of the workers of deployments."
+    )
+    workers_broker_secret: str | None = Field(
+        default=None, description="With deployments=kubernetes: `<secret>/<key>`, the Secret key "
+        "(in the namespace) holding the workers' broker URL, which the AIModels name.",
+    )
+    workers_broker_auth: str | None = Field(
+        default=None, description="With deployments=kubernetes: the KEDA TriggerAuthentication "
+        "with the broker's credentials, which the AIModels name.",
+    )
+    auth_failures_per_minute: int = Field(
+        default=AUTH_FAILURES_PER_MINUTE, ge=1, description="Failed authentications a client "
+        "address may have in any minute; its further attempts get 429 until they age out.",
+    )
+    trusted_proxies: str = Field(
+        default="", description="Proxies whose X-Forwarded-For names the client: addresses or "
+        "networks (10.0.0.0/8), comma-separated, or * for any peer. Empty: the peer is the client.",
+    )
+    max_body_bytes: int = Field(
+        default=16 * 1024 * 1024, ge=1024,
+        description="The largest request body the gateway reads (413 beyond), except on /v2.",
+    )
+    max_v2_body_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=1024,
+        description="The largest request body under /v2 (tensors, binary ones included).",
+    )
+    streams_per_token: int = Field(
+        default=64, ge=1, description="Streamed answers one API token may have open at once, "
+        "per gateway (429 beyond).",
+    )
+    metrics_port: int | None = Field(
+        default=None, ge=1, le=65535, description="Serve /metrics on this port alone (no "
+        "token asked; keep it off the public network); the public port then has no /metrics.",
+    )
+    metrics_refresh_s: float = Field(
+        default=2.0, gt=0, description="How often the gateway reads each topic's backlog from "
+        "the broker for /metrics (a scrape only reads the figures kept).",
     )
     billing_flush_events: int = Field(default=500, ge=1)
     billing_flush_seconds: float = Field(default=1.0, gt=0)

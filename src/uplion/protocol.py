@@ -1,13 +1,17 @@
 """The wire contract between gateway and worker: a task goes out, reply chunks come back.
 
 A task names the model topic it was published to, the protocol of the request, the payload as
-the client sent it (validated by the gateway), a deadline (Unix seconds) and the gateway's reply
-address. A reply is a sequence of chunks for that task, ending with exactly one terminal chunk:
-``final`` (carries usage) or ``error`` (carries an OpenAI-style error).
+the client sent it (validated by the gateway), a deadline (Unix seconds), the gateway's reply
+address and ``max_tokens``: the most tokens the worker may generate (per text for v2), which the
+gateway reserved. A reply is a sequence of chunks for that task, ending with exactly one terminal
+chunk: ``final`` (carries usage) or ``error`` (carries an OpenAI-style error). A worker that
+stops a task because its client cancelled it ends the reply with an ``error`` chunk (code
+``client_cancelled``, status 499) whose usage is what it produced until then, for billing.
 
-Chunks carry ``delivery`` (who is answering) and ``seq`` (position in that delivery's answer) so
-that the gateway can recognise a task redelivered after a worker died and never forward a chunk
-twice. Messages are encoded with msgspec (JSON): fast, and typed on decode.
+Chunks carry ``delivery`` (who is answering), ``attempt`` (which delivery of the task by the
+broker's count) and ``seq`` (position in that delivery's answer) so that the gateway can
+recognise a task redelivered after a worker died, never forward a chunk twice and notice chunks
+lost on the way. Messages are encoded with msgspec (JSON): fast, and typed on decode.
 """
 
 from __future__ import annotations
@@ -67,6 +71,7 @@ class Task(msgspec.Struct, frozen=True):
     reply_to: str
     tenant: str = ""
     created: float = 0.0
+    max_tokens: int | None = None
 
     def expired(self, now: float | None = None) -> bool:
         return (time.time() if now is None else now) >= self.deadline
@@ -86,10 +91,16 @@ class Chunk(msgspec.Struct, frozen=True):
     usage: Usage | None = None
     error: ErrorInfo | None = None
     queue_wait_s: float | None = None
+    attempt: int = 0
 
     @property
     def terminal(self) -> bool:
         return self.kind != "data"
+
+
+CANCEL_REPORT_GRACE_S = 2.0
+"""How long a gateway whose client left waits for the worker's report of what it produced (the
+``client_cancelled`` chunk) before it bills what it knows; a worker tries that long to send it."""
 
 
 WorkerState = Literal["starting", "running", "degraded", "failed", "stopped"]
@@ -109,13 +120,15 @@ class TensorInfo(msgspec.Struct, frozen=True, array_like=True):
 
 class ModelInfo(msgspec.Struct, frozen=True, omit_defaults=True):
     """What a worker's loaded model says about itself, from its artifact: what it serves, where
-    it runs, its engine's platform and its v2 input and output tensors."""
+    it runs, its engine's platform, its v2 input and output tensors and its context length."""
 
     serves: str | None = None
     device: str = "cpu"
     platform: str = ""
     inputs: tuple[TensorInfo, ...] = ()
     outputs: tuple[TensorInfo, ...] = ()
+    context_length: int | None = None
+    """Tokens the model attends to (prompt and output together), when its artifact says."""
 
 
 class WorkerStatus(msgspec.Struct, frozen=True):

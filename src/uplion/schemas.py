@@ -3,6 +3,10 @@
 The gateway validates each body against these before it becomes a task (a bad field is a 400
 naming it); the worker reads the same payload with the same types. Unknown fields are kept in
 the raw payload and ignored here, as OpenAI-compatible servers do.
+
+Every list and identifier has a bound (the ``MAX_*`` constants, listed in docs/api.md), and so
+does the nesting of a body (``MAX_JSON_DEPTH``), so that what a request may make the gateway and
+the worker do is bounded by more than the body's size. Texts are bounded by the body's size.
 """
 
 from __future__ import annotations
@@ -14,10 +18,29 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
-PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+MAX_JSON_DEPTH = 64
+"""Arrays and objects one inside the other, the body itself counting as one."""
+MAX_NAME = 256
+"""Characters of an identifier: a model, a name, a user, a stop sequence, a tensor."""
+MAX_MESSAGES = 2048
+MAX_CONTENT_PARTS = 256
+MAX_INPUTS = 2048
+"""Texts of one embeddings request (OpenAI's limit)."""
+MAX_STOP = 4
+"""Stop sequences of one request (OpenAI's limit)."""
+MAX_TOKENS = 1 << 20
+"""The most tokens a request may ask for, whatever the model (its context is checked too)."""
+MAX_TENSORS = 256
+"""Inputs, or requested outputs, of one v2 request."""
+MAX_TENSOR_RANK = 32
+MAX_TENSOR_ELEMENTS = 1 << 24
+"""Elements of one v2 tensor: the product of its shape."""
+
+Name = Annotated[str, msgspec.Meta(max_length=MAX_NAME)]
+TokenCount = Annotated[int, msgspec.Meta(ge=1, le=MAX_TOKENS)]
 Temperature = Annotated[float, msgspec.Meta(ge=0.0, le=2.0)]
 Probability = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
-Stop = str | list[str] | None
+Stop = Name | Annotated[list[Name], msgspec.Meta(max_length=MAX_STOP)] | None
 
 
 class InvalidRequest(Exception):
@@ -35,8 +58,10 @@ class StreamOptions(msgspec.Struct):
 
 class ChatMessage(msgspec.Struct):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[dict[str, Any]] | None = None
-    name: str | None = None
+    content: str | Annotated[
+        list[dict[str, Any]], msgspec.Meta(max_length=MAX_CONTENT_PARTS)
+    ] | None = None
+    name: Name | None = None
 
 
 def content_text(content: str | list[dict[str, Any]] | None) -> str:
@@ -49,33 +74,33 @@ def content_text(content: str | list[dict[str, Any]] | None) -> str:
 
 
 class ChatRequest(msgspec.Struct):
-    model: str
-    messages: Annotated[list[ChatMessage], msgspec.Meta(min_length=1)]
+    model: Name
+    messages: Annotated[list[ChatMessage], msgspec.Meta(min_length=1, max_length=MAX_MESSAGES)]
     stream: bool = False
     stream_options: StreamOptions | None = None
-    max_tokens: PositiveInt | None = None
-    max_completion_tokens: PositiveInt | None = None
+    max_tokens: TokenCount | None = None
+    max_completion_tokens: TokenCount | None = None
     temperature: Temperature | None = None
     top_p: Probability | None = None
     n: Annotated[int, msgspec.Meta(ge=1, le=1)] = 1
     stop: Stop = None
     seed: int | None = None
-    user: str | None = None
+    user: Name | None = None
 
 
 class CompletionRequest(msgspec.Struct):
-    model: str
+    model: Name
     prompt: str | list[str]
     stream: bool = False
     stream_options: StreamOptions | None = None
-    max_tokens: Annotated[int, msgspec.Meta(ge=0)] = 16
+    max_tokens: Annotated[int, msgspec.Meta(ge=0, le=MAX_TOKENS)] = 16
     temperature: Temperature | None = None
     top_p: Probability | None = None
     n: Annotated[int, msgspec.Meta(ge=1, le=1)] = 1
     stop: Stop = None
     seed: int | None = None
     echo: bool = False
-    user: str | None = None
+    user: Name | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.prompt, list) and len(self.prompt) != 1:
@@ -87,11 +112,11 @@ class CompletionRequest(msgspec.Struct):
 
 
 class EmbeddingRequest(msgspec.Struct):
-    model: str
-    input: str | Annotated[list[str], msgspec.Meta(min_length=1)]
+    model: Name
+    input: str | Annotated[list[str], msgspec.Meta(min_length=1, max_length=MAX_INPUTS)]
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: PositiveInt | None = None
-    user: str | None = None
+    dimensions: Annotated[int, msgspec.Meta(ge=1, le=65536)] | None = None
+    user: Name | None = None
 
     @property
     def texts(self) -> list[str]:
@@ -136,8 +161,9 @@ class V2Tensor(msgspec.Struct):
     gateway moves those bytes into ``raw`` (base64 in the task's JSON). Clients never set ``raw``.
     """
 
-    name: str
-    shape: list[Annotated[int, msgspec.Meta(ge=0)]]
+    name: Name
+    shape: Annotated[list[Annotated[int, msgspec.Meta(ge=0)]], msgspec.Meta(
+        max_length=MAX_TENSOR_RANK)]
     datatype: V2Datatype
     data: list[Any] | None = None
     parameters: dict[str, Any] | None = None
@@ -145,6 +171,13 @@ class V2Tensor(msgspec.Struct):
 
     def __post_init__(self) -> None:
         _no_shared_memory(f"input {self.name!r}", self.parameters)
+        _bounded_max_tokens(f"input {self.name!r}: parameters.max_tokens", self.parameters)
+        elements = math.prod(self.shape)
+        if elements > MAX_TENSOR_ELEMENTS:
+            raise ValueError(
+                f"input {self.name!r} has shape {self.shape}: {elements} elements, over the "
+                f"limit of {MAX_TENSOR_ELEMENTS} elements per tensor"
+            )
         size = (self.parameters or {}).get("binary_data_size")
         if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
             raise ValueError(
@@ -155,7 +188,6 @@ class V2Tensor(msgspec.Struct):
         elif self.data is not None:
             if size is not None:
                 raise ValueError(f"input {self.name!r} has both data and binary_data_size")
-            elements = math.prod(self.shape)
             count = len(flatten(self.data))
             if count != elements:
                 raise ValueError(
@@ -176,7 +208,7 @@ class V2Tensor(msgspec.Struct):
 
 
 class V2RequestedOutput(msgspec.Struct):
-    name: str
+    name: Name
     parameters: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
@@ -196,14 +228,15 @@ class V2RequestedOutput(msgspec.Struct):
 
 
 class V2InferRequest(msgspec.Struct):
-    inputs: Annotated[list[V2Tensor], msgspec.Meta(min_length=1)]
-    id: str | None = None
+    inputs: Annotated[list[V2Tensor], msgspec.Meta(min_length=1, max_length=MAX_TENSORS)]
+    id: Name | None = None
     parameters: dict[str, Any] | None = None
-    outputs: list[V2RequestedOutput] | None = None
+    outputs: Annotated[list[V2RequestedOutput], msgspec.Meta(max_length=MAX_TENSORS)] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance((self.parameters or {}).get("binary_data_output", False), bool):
             raise ValueError("parameters.binary_data_output must be true or false")
+        _bounded_max_tokens("parameters.max_tokens", self.parameters)
         for kind, names in (("input", [t.name for t in self.inputs]),
                             ("output", [o.name for o in self.outputs or []])):
             twice = sorted({name for name in names if names.count(name) > 1})
@@ -282,6 +315,12 @@ def join_bytes(items: list[bytes]) -> bytes:
 _LENGTH = struct.Struct("<I")
 
 
+def _bounded_max_tokens(what: str, parameters: dict[str, Any] | None) -> None:
+    asked = (parameters or {}).get("max_tokens")
+    if type(asked) is int and asked > MAX_TOKENS:
+        raise ValueError(f"{what} is {asked}, over the limit of {MAX_TOKENS}")
+
+
 def _no_shared_memory(what: str, parameters: dict[str, Any] | None) -> None:
     if any(key in (parameters or {}) for key in _SHARED_MEMORY):
         raise ValueError(
@@ -320,12 +359,53 @@ def parse(payload: dict[str, Any], schema: type[T]) -> T:
         raise InvalidRequest(message, param) from None
 
 
+def decode_json(body: bytes) -> Any:
+    """Decoded JSON: ``msgspec.DecodeError`` when it is not JSON, ``InvalidRequest`` when it is
+    nested deeper than ``MAX_JSON_DEPTH`` (the decoder's own bound, the interpreter's recursion
+    limit, is neither small nor the same in every process that reads a task)."""
+    try:
+        payload = msgspec.json.decode(body)
+    except RecursionError:
+        raise _too_deep() from None
+    if _deeper_than(payload, MAX_JSON_DEPTH):
+        raise _too_deep()
+    return payload
+
+
 def decode_body(body: bytes) -> dict[str, Any]:
     """A JSON object from the request body, or ``InvalidRequest``."""
     try:
-        payload = msgspec.json.decode(body)
+        payload = decode_json(body)
     except msgspec.DecodeError as exc:
         raise InvalidRequest(f"We could not parse the JSON body of your request: {exc}") from None
     if not isinstance(payload, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     return payload
+
+
+def _too_deep() -> InvalidRequest:
+    return InvalidRequest(
+        f"The request body is nested more than {MAX_JSON_DEPTH} levels deep (arrays and objects "
+        "one inside the other)."
+    )
+
+
+_CONTAINERS = frozenset({list, dict})
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests more than ``limit`` levels, walked level by level; the types of
+    a level's items are read in C (``map(type, ...)``), so long flat arrays cost little."""
+    level = [value] if type(value) in _CONTAINERS else []
+    depth = 0
+    while level:
+        depth += 1
+        if depth > limit:
+            return True
+        inner: list[Any] = []
+        for container in level:
+            items = container.values() if type(container) is dict else container
+            if not _CONTAINERS.isdisjoint(map(type, items)):
+                inner.extend(item for item in items if type(item) in _CONTAINERS)
+        level = inner
+    return False

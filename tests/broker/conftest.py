@@ -1,4 +1,5 @@
-"""Pulsar for the broker contract tests: the cluster at ``PULSAR_URL``, a new namespace per test.
+"""Pulsar for the broker contract tests: the cluster at ``PULSAR_URL``, a new namespace per test;
+and a redis-server of a test's own (``own_redis``), to stop and restart.
 
 Without ``PULSAR_URL`` those tests are skipped, and the run's summary says so in one line (the
 skip reason shows only with ``-rs`` otherwise).
@@ -14,7 +15,10 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from tests.redisio.server import own_redis
 from uplion.broker import pulsar_names
+
+__all__ = ["own_redis"]
 
 PULSAR_URL_ENV = "PULSAR_URL"
 SKIP_REASON = (f"{PULSAR_URL_ENV} is not set: they need a running Pulsar, e.g. "

@@ -221,3 +221,36 @@ async def test_worker_statuses_reach_present_and_late_subscribers(
     await asyncio.wait_for(all_three.wait(), 5)
     assert [(s.worker, s.state) for s in early] == [
         ("w1", "running"), ("w1", "failed"), ("w2", "running")]
+
+
+async def test_deliveries_are_counted_across_releases(any_broker: broker.Broker) -> None:
+    await any_broker.publish(TOPIC, make_task("t1"))
+    first = any_broker.consumer(TOPIC, GROUP, "c1")
+    second = any_broker.consumer(TOPIC, GROUP, "c2")
+    [delivery] = await first.take(1, timeout=2)
+    assert delivery.attempt == 1
+    await first.release(delivery)
+    [again] = await second.take(1, timeout=2)
+    assert (again.task.id, again.attempt) == ("t1", 2)
+    await second.release(again)
+    [third] = await first.take(1, timeout=2)
+    assert third.attempt == 3
+    assert await first.ack(third)
+    await first.close()
+    await second.close()
+
+
+async def test_only_the_holder_acks_or_releases_a_task(any_broker: broker.Broker) -> None:
+    await any_broker.publish(TOPIC, make_task("t1"))
+    holder = any_broker.consumer(TOPIC, GROUP, "c1")
+    other = any_broker.consumer(TOPIC, GROUP, "c2")
+    [delivery] = await holder.take(1, timeout=2)
+    assert await other.take(1, timeout=0.1) == []  # now other has opened too
+    assert await other.ack(delivery) is False
+    await other.release(delivery)
+    assert await settled_backlog(any_broker, (0, 1)) == (0, 1)  # still the holder's
+    assert await holder.ack(delivery) is True
+    assert await holder.ack(delivery) is False  # answered already
+    assert await settled_backlog(any_broker, (0, 0)) == (0, 0)
+    await holder.close()
+    await other.close()

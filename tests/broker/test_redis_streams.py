@@ -14,6 +14,7 @@ import pytest
 import pytest_asyncio
 import redis.asyncio
 
+from tests.redisio.waiting import logged
 from uplion import protocol
 from uplion.broker import base
 from uplion.broker.redis_streams import RedisStreamsBroker
@@ -129,6 +130,64 @@ async def test_stalled_consumer_does_not_take_back_a_task_taken_over(
     assert await raw.xlen(STREAM) == 1
     await stalled.close()
     assert await owners(raw) == {delivery.receipt: "rescuer"}
+
+
+async def test_a_task_claimed_from_dead_consumers_counts_its_deliveries(
+    make_broker: MakeBroker,
+) -> None:
+    publisher = await make_broker()
+    await publisher.publish(TOPIC, make_task("poison"))
+    for attempt in (1, 2, 3):
+        process = await make_broker(visibility_timeout_s=0.2)
+        consumer = process.consumer(TOPIC, GROUP, f"worker{attempt}")
+        deliveries: list[base.Delivery] = []
+        while not deliveries:  # a dead consumer's task comes back after the timeout
+            deliveries = await consumer.take(1, timeout=0.3)
+        assert [(d.task.id, d.attempt) for d in deliveries] == [("poison", attempt)]
+        await process.close()  # the worker dies with the task: no ack, no release
+
+
+async def test_a_stalled_consumer_is_told_it_lost_its_task_and_its_late_ack_removes_nothing(
+    make_broker: MakeBroker, raw: redis.asyncio.Redis
+) -> None:
+    worker = await make_broker(visibility_timeout_s=0.3)
+    await worker.publish(TOPIC, make_task("t1"))
+    stalled = worker.consumer(TOPIC, GROUP, "stalled")
+    lost: asyncio.Queue[str] = asyncio.Queue()
+    stalled.on_lost(lost.put_nowait)
+    [delivery] = await stalled.take(1, timeout=2)
+    # What another worker does once this one looked dead past the timeout.
+    await raw.xclaim(STREAM, GROUP, "rescuer", 0, [delivery.receipt], justid=True)
+    async with asyncio.timeout(5):
+        assert await lost.get() == "t1"  # the heartbeat noticed
+    assert await stalled.ack(delivery) is False
+    assert await owners(raw) == {delivery.receipt: "rescuer"}
+    await stalled.close()
+    assert await owners(raw) == {delivery.receipt: "rescuer"}
+
+
+async def test_a_task_redis_lost_is_not_reported_as_taken_over(
+    make_broker: MakeBroker, raw: redis.asyncio.Redis
+) -> None:
+    worker = await make_broker(visibility_timeout_s=0.3)
+    await worker.publish(TOPIC, make_task("t1"))
+    consumer = worker.consumer(TOPIC, GROUP, "c1")
+    lost: list[str] = []
+    consumer.on_lost(lost.append)
+    [delivery] = await consumer.take(1, timeout=2)
+    with logged("uplion.broker.redis_streams.topics", "is gone from the stream") as gone:
+        await raw.flushall()  # Redis restarted empty: nobody else holds it, keep working on it
+        await redis_streams_group(raw)
+        async with asyncio.timeout(5):
+            await gone.wait()  # the next heartbeat
+    assert lost == []
+    assert await consumer.ack(delivery) is False
+    await consumer.close()
+
+
+async def redis_streams_group(raw: redis.asyncio.Redis) -> None:
+    """The group again, as the next consumer to take would create it."""
+    await raw.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
 
 
 async def test_expired_and_cancelled_tasks_are_skipped_and_acked(make_broker: MakeBroker) -> None:
@@ -269,6 +328,42 @@ async def test_replies_sent_right_after_subscribing_arrive(
     await wait_for(lambda: len(received) == 100)
     assert [(c.task_id, c.seq) for c in received] == [("after", s) for s in range(100)]
     assert 0 < await raw.pttl("uplion:reply:gw-1") <= 5000  # a dead gateway's stream goes away
+
+
+async def test_unread_replies_are_never_trimmed_by_count(
+    make_broker: MakeBroker, raw: redis.asyncio.Redis
+) -> None:
+    """A gateway that reads slowly (or not for a moment) loses none of its live chunks."""
+    worker = await make_broker()
+    async with raw.pipeline(transaction=False) as pipe:
+        for _ in range(100_300):  # chunks of live requests the gateway has not read yet
+            pipe.xadd("uplion:reply:gw-1", {"c": b"x"})
+        await pipe.execute()
+    await worker.send_reply("gw-1", protocol.Chunk("t1", "d", 0, "final"))
+    assert await raw.xlen("uplion:reply:gw-1") == 100_301
+
+
+async def test_reply_streams_drop_what_is_read_and_what_is_past_every_deadline(
+    make_broker: MakeBroker, raw: redis.asyncio.Redis
+) -> None:
+    worker = await make_broker(task_ttl_s=60)
+    old_ms = int(time.time() * 1000) - 3_600_000
+    for index in range(300):  # three whole stream nodes of chunks an hour old
+        await raw.xadd("uplion:reply:gw-1", {"c": b"old"}, id=f"{old_ms}-{index}")
+    await worker.send_reply("gw-1", protocol.Chunk("t1", "d", 0, "final"))
+    assert await raw.xlen("uplion:reply:gw-1") == 1
+
+    gateway = await make_broker()
+    received: list[protocol.Chunk] = []
+    await gateway.subscribe_replies("gw-2", received.append)
+    async with raw.pipeline(transaction=False) as pipe:
+        for seq in range(1_000):
+            pipe.xadd("uplion:reply:gw-2", {"c": protocol.encode(protocol.Chunk("t", "d", seq,
+                                                                                "data"))})
+        await pipe.execute()
+    await wait_for(lambda: len(received) == 1_000)
+    assert [c.seq for c in received] == list(range(1_000))
+    assert await raw.xlen("uplion:reply:gw-2") <= 600  # the reader trimmed what it had read
 
 
 async def test_readers_survive_a_lost_connection(

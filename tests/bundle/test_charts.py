@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from tests.bundle import conftest, model_schema
+from uplion.broker import redis_acl
 
 CHART_NAMES = ("uplion", "uplion-model")
 SCENARIOS = [
@@ -148,6 +149,7 @@ def test_long_release_names_are_cut(helm: Path, helm_env: dict[str, str]) -> Non
         ("uplion", "istio.peerAuthentication.mode=strict", "mode"),
         ("uplion", "migrate.command=drop", "command"),
         ("uplion", "gateway.replicas=3", "replicas"),
+        ("uplion", "redisAcl.workerPassword=p@ss/word", "workerPassword"),
         ("uplion-model", "spec.serves=chat", "serves"),
         ("uplion-model", "spec.broker.kind=kafka", "kind"),
         ("uplion-model", "spec.replica.min=0", "replica"),
@@ -224,3 +226,61 @@ def test_gateway_deployment_mode(helm: Path, helm_env: dict[str, str]) -> None:
     env = {item["name"]: item for item in pod["containers"][0]["env"]}
     assert env["UPLION_DEPLOYMENTS"]["value"] == "kubernetes"
     assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+
+
+def _secret_data(objects: list[dict[str, Any]], suffix: str) -> dict[str, str]:
+    secret = next(o for o in objects if o["kind"] == "Secret"
+                  and o["metadata"]["name"].endswith(suffix))
+    data: dict[str, str] = secret["stringData"]
+    return data
+
+
+def test_cluster_gateway_names_the_workers_broker_by_its_secret(
+    helm: Path, helm_env: dict[str, str]
+) -> None:
+    objects = render(helm, helm_env, "uplion", "-f",
+                     str(conftest.CHARTS / "uplion" / "ci" / "deployments-values.yaml"),
+                     "--set", "gateway.deployments.brokerAuthenticationRef=uplion-redis-keda")
+    gateway = next(o for o in objects if o["kind"] == "Deployment"
+                   and o["metadata"]["name"].endswith("-gateway"))
+    env = {item["name"]: item for item in gateway["spec"]["template"]["spec"]["containers"][0]
+           ["env"]}
+    assert env["UPLION_WORKERS_BROKER_SECRET"]["value"] == (
+        "rel-uplion-secrets/UPLION_WORKER_BROKER_URL")
+    assert env["UPLION_WORKERS_BROKER_AUTH"]["value"] == "uplion-redis-keda"
+    plain = _secret_data(render(helm, helm_env, "uplion"), "-secrets")
+    assert plain["UPLION_WORKER_BROKER_URL"] == plain["UPLION_BROKER_URL"]
+
+
+def test_workers_get_a_redis_account_of_their_own(helm: Path, helm_env: dict[str, str]) -> None:
+    objects = render(helm, helm_env, "uplion", "-f",
+                     str(conftest.CHARTS / "uplion" / "ci" / "redis-acl-values.yaml"))
+    secrets = _secret_data(objects, "-secrets")
+    assert secrets["UPLION_BROKER_URL"] == "redis://:gateway-pw@redis-master:6379/0"
+    assert secrets["UPLION_WORKER_BROKER_URL"] == (
+        "redis://uplion-worker:worker-pw@redis-master:6379/0")
+    acl = _secret_data(objects, "-redis-acl")
+    assert acl["users.acl"] == redis_acl.worker_acl_line("worker-pw") + "\n"
+
+
+def test_the_charts_acl_rules_are_the_brokers() -> None:
+    kept = (conftest.CHARTS / "uplion" / "files" / "redis-worker.acl").read_text()
+    assert kept == " ".join(redis_acl.worker_rules()) + "\n", (
+        "run: python -m uplion.broker.redis_acl > charts/uplion/files/redis-worker.acl")
+
+
+def test_a_pulsar_platform_needs_a_redis_for_its_gateways(
+    helm: Path, helm_env: dict[str, str]
+) -> None:
+    done = helm_run(helm, helm_env, "template", "rel", str(conftest.CHARTS / "uplion"),
+                    "--set", "secrets.brokerUrl=pulsar://pulsar:6650")
+    assert done.returncode != 0
+    assert "secrets.redisUrl" in done.stderr
+
+
+def test_model_chart_names_the_broker_by_its_secret(helm: Path, helm_env: dict[str, str]) -> None:
+    for values in sorted((conftest.CHARTS / "uplion-model" / "ci").glob("*-values.yaml")):
+        aimodel = _first(render(helm, helm_env, "uplion-model", "-f", str(values)), "AIModel")
+        broker = aimodel["spec"]["broker"]
+        assert "url" not in broker, values.name
+        assert broker["urlSecretRef"]["key"] == "UPLION_WORKER_BROKER_URL"

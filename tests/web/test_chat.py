@@ -19,7 +19,8 @@ LONG_TEXT = " ".join(f"word{i}" for i in range(150))
 
 def _answered(served: helpers.Served, model: str, status: str) -> float:
     """The gateway's count of requests to ``model`` answered with ``status``."""
-    families = text_string_to_metric_families(httpx.get(served.url + "/metrics").text)
+    scrape = httpx.get(served.url + "/metrics", headers=served.headers)
+    families = text_string_to_metric_families(scrape.text)
     return sum(sample.value for family in families for sample in family.samples
                if sample.name == "uplion_requests_total" and sample.labels["model"] == model
                and sample.labels["status"] == status)

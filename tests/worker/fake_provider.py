@@ -2,10 +2,12 @@
 
 It runs on a thread of its own (tests/threaded_server.py), so its latency never blocks the
 test's loop. Each key has a ``Script``: latency, a fixed status to answer (401, 429 with
-``Retry-After``, 500), a concurrency it enforces with 429s, a delay between streamed chunks, a
-stream that breaks after some chunks, and whether a usage chunk is sent. Keys without a script
-are refused with a 401. Scripts change while it runs; it counts calls and peak concurrency per key,
-and notes the client ports that asked for answers (one per connection).
+``Retry-After``, 500), a status for requests only (the key still accepted on ``/models``: a
+refusal of the request, not of the key), a concurrency it enforces with 429s, a delay between
+streamed chunks, a stream that breaks after some chunks, and whether a usage chunk is sent.
+Keys without a script are refused with a 401. Scripts change while it runs; it counts calls and
+peak concurrency per key, and notes the client ports that asked for answers (one per
+connection).
 
 Chat answers echo the last user message word by word (``max_tokens`` cuts it, finish ``length``);
 completions echo the prompt; a ``temperature`` above 2 is refused with a 400, as OpenAI does.
@@ -38,6 +40,7 @@ class BrokenStream(Exception):
 class Script:
     latency_s: float = 0.0
     status: int | None = None
+    request_status: int | None = None
     retry_after: str | None = None
     max_concurrency: int | None = None
     chunk_delay_s: float = 0.0
@@ -172,6 +175,9 @@ class FakeProvider(ThreadedServer):
         if script is not None and script.latency_s:
             await asyncio.sleep(script.latency_s)
         refusal = _refusal(script)
+        if refusal is None and script is not None and script.request_status is not None:
+            refusal = _error(script.request_status, f"scripted {script.request_status} for "
+                             "this request", code="model_not_allowed")
         if refusal is not None:
             self._end(key)
         return refusal

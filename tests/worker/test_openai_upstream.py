@@ -269,13 +269,67 @@ async def test_invalid_key_is_skipped_and_retested(
 async def test_key_refused_while_serving(provider: FakeProvider, make: Make) -> None:
     engine = await make("ab", concurrency=4)
     provider.forget(KEYS["a"])
+    probes = provider.probes[KEYS["a"]]
     await chat(engine)  # both idle: "a" comes first, is refused, and "b" answers
+    # The refusal was confirmed by a probe with that key before the account was taken out.
+    assert provider.probes[KEYS["a"]] == probes + 1
     answers = await asyncio.gather(*(chat(engine) for _ in range(8)))
     assert all(deltas[-1].finish_reason == "stop" for deltas in answers)
     assert provider.calls[KEYS["a"]] == 1  # once refused, the account takes no more requests
     assert engine.health() == A_DOWN
     provider.script(KEYS["a"])
     await eventually(lambda: engine.health() == base.EngineHealth())
+
+
+async def test_a_refused_request_takes_no_account_down(provider: FakeProvider, make: Make) -> None:
+    """An upstream that refuses one request (403) while the key is accepted on ``/models``:
+    the request fails, and every account stays in service."""
+    engine = await make("ab")
+    for name in "ab":
+        provider.script(KEYS[name], request_status=403)
+    with pytest.raises(base.EngineError) as raised:
+        await chat(engine)
+    error = raised.value.error
+    assert (error.status, error.code) == (502, "upstream_refused")
+    assert "(403) although the key of account a is accepted" in error.message
+    assert sum(provider.calls.values()) == 1  # not tried again: the refusal is the request's
+    assert engine.health() == base.EngineHealth()
+    for name in "ab":
+        provider.script(KEYS[name], request_status=None)
+    assert (await chat(engine))[-1].finish_reason == "stop"
+
+
+async def test_one_account_model_survives_a_refused_request(
+    provider: FakeProvider, make: Make
+) -> None:
+    engine = await make("a")
+    provider.script(KEYS["a"], request_status=401)
+    for _ in range(3):
+        with pytest.raises(base.EngineError) as raised:
+            await chat(engine)
+        assert raised.value.error.status == 502
+    assert engine.health() == base.EngineHealth()  # never Unrecoverable: the key works
+    provider.script(KEYS["a"], request_status=None)
+    assert (await chat(engine))[-1].finish_reason == "stop"
+
+
+async def test_at_most_one_account_is_retired_per_request(
+    provider: FakeProvider, make: Make
+) -> None:
+    engine = await make("abc")
+    for name in "abc":
+        provider.forget(KEYS[name])
+    for expected in (1, 2):
+        with pytest.raises(base.EngineError) as raised:
+            await chat(engine)
+        assert (raised.value.error.status, raised.value.error.code) == (502, "upstream_refused")
+        message = engine.health().message
+        assert message is not None
+        assert message.startswith(f"{expected} of 3 upstream accounts down")
+    # The third request retires the last account: now the model cannot serve.
+    with pytest.raises(base.Unrecoverable) as unrecoverable:
+        await chat(engine)
+    assert unrecoverable.value.reason == "AllAccountsUnauthorized"
 
 
 async def test_all_keys_refused_at_load_is_unrecoverable(make: Make) -> None:
@@ -295,7 +349,9 @@ async def test_all_keys_refused_while_serving_is_unrecoverable(
     for name in "ab":
         provider.forget(KEYS[name])
     started = time.monotonic()
-    with pytest.raises(base.Unrecoverable) as raised:
+    with pytest.raises(base.EngineError):  # retires "a"; "b" is confirmed refused too
+        await chat(engine)
+    with pytest.raises(base.Unrecoverable) as raised:  # retires "b", the last one
         await chat(engine)
     assert raised.value.reason == "AllAccountsUnauthorized"
     assert time.monotonic() - started < 2
@@ -314,18 +370,21 @@ async def test_worker_fails_within_seconds_when_every_key_is_refused(
     statuses: list[protocol.WorkerStatus] = []
     await broker.subscribe_replies("gw", chunks.append)
     await broker.subscribe_status(statuses.append)
-    spec = ModelSpec(name="m", engine=EngineSpec(kind="openai-upstream"), concurrency=2)
+    # One slot: the tasks run in turn, and each retires at most one account.
+    spec = ModelSpec(name="m", engine=EngineSpec(kind="openai-upstream"), concurrency=1)
     worker = Worker(broker, spec, engine)
     now = time.time()
-    await broker.publish(worker.topic, protocol.Task(
-        id="t", model="m", version="1", protocol=protocol.Protocol.OPENAI_CHAT,
-        payload={"model": "m", "messages": user("hi")}, stream=False, deadline=now + 30,
-        reply_to="gw", created=now,
-    ))
+    for task_id in ("t1", "t2"):
+        await broker.publish(worker.topic, protocol.Task(
+            id=task_id, model="m", version="1", protocol=protocol.Protocol.OPENAI_CHAT,
+            payload={"model": "m", "messages": user("hi")}, stream=False, deadline=now + 30,
+            reply_to="gw", created=now,
+        ))
     started = time.monotonic()
     await asyncio.wait_for(worker.run(), 5)
     assert time.monotonic() - started < 3
-    assert [(c.kind, c.error.status if c.error else None) for c in chunks] == [("error", 503)]
+    assert [(c.kind, c.error.status if c.error else None) for c in chunks] == [
+        ("error", 502), ("error", 503)]
     assert statuses[-1].state == "failed"
     assert statuses[-1].reason == "AllAccountsUnauthorized"
     await broker.close()
@@ -342,14 +401,19 @@ async def test_worker_fails_within_seconds_when_every_key_is_refused(
     ({"accounts": [{"name": "a", "api_key": "sk-inline"}]}, "never written in the models file"),
     ({"accounts": [{"name": "a", "api_key_env": "X", "max_concurency": 2}]},
      "unknown field 'max_concurency'"),
-    ({"accounts": [{"name": "a", "api_key_env": "X", "api_key_file": "/k"}]}, "exactly one"),
+    ({"accounts": [{"name": "a", "api_key_env": "X", "api_key_file": "/k"}]}, "at most one"),
     ({"accounts": [{"name": "a", "api_key_env": "X", "max_concurrency": 0}]},
      "'max_concurrency' must be an integer >= 1"),
+    ({"accounts": [{"name": "nokey"}]}, "keys/nokey (one machine)"),
+    ({"accounts": [{"name": "nokey"}]}, "engine.secretRefs (cluster)"),
+    ({"accounts": [{"name": "../../etc/passwd"}]}, "names a file of the keys folder"),
+    ({"accounts": [{"name": ".hidden", "api_key_env": "X"}]}, "names a file of the keys folder"),
 ])
 async def test_invalid_config_is_unrecoverable(
-    options: dict[str, Any], expected: str, monkeypatch: pytest.MonkeyPatch
+    options: dict[str, Any], expected: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.delenv("UPLION_TEST_UNSET", raising=False)
+    monkeypatch.setenv("UPLION_DATA_DIR", str(tmp_path))
     engine = engines.create(EngineSpec(kind="openai-upstream", options={
         "base_url": "http://127.0.0.1:9/v1", "model": "m",
         "accounts": [{"name": "a", "api_key_env": "HOME"}], **options,
@@ -359,6 +423,24 @@ async def test_invalid_config_is_unrecoverable(
     assert raised.value.reason == "InvalidConfig"
     assert expected in raised.value.message
     await engine.close()
+
+
+async def test_an_account_without_a_key_source_reads_the_keys_folder(
+    provider: FakeProvider, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("UPLION_DATA_DIR", str(tmp_path))
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "team-a").write_text(KEYS["a"] + "\n")
+    provider.script(KEYS["a"])
+    engine = engines.create(EngineSpec(kind="openai-upstream", options={
+        "base_url": provider.base_url, "model": "fake-model", "accounts": [{"name": "team-a"}],
+    }))
+    await engine.load()
+    try:
+        assert (await chat(engine))[-1].finish_reason == "stop"
+        assert provider.calls[KEYS["a"]] == 1
+    finally:
+        await engine.close()
 
 
 @pytest.mark.parametrize(("options", "expected"), [

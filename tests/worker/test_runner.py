@@ -173,7 +173,11 @@ async def test_cancellation_stops_a_running_task(broker: MemoryBroker) -> None:
     assert worker.busy_slots == 0
     await asyncio.sleep(0.2)
     assert len(replies.chunks) == produced
-    assert "long" not in replies.finals
+    report = replies.finals["long"]  # what was produced until the cancellation, for billing
+    assert report.error is not None
+    assert report.error.code == "client_cancelled"
+    assert report.usage is not None
+    assert report.usage.completion_tokens == produced - 1
     worker.stop()
     await run
 

@@ -67,6 +67,19 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
+{{/* The workers' broker URL: given, or the broker's as the redisAcl worker user. */}}
+{{- define "uplion.workerBrokerUrl" -}}
+{{- if .Values.secrets.workerBrokerUrl }}
+{{- .Values.secrets.workerBrokerUrl }}
+{{- else if .Values.redisAcl.enabled }}
+{{- $url := urlParse .Values.secrets.brokerUrl }}
+{{- $user := printf "%s:%s" .Values.redisAcl.workerUser (required "redisAcl.workerPassword is required when redisAcl.enabled" .Values.redisAcl.workerPassword) }}
+{{- urlJoin (dict "scheme" $url.scheme "host" $url.host "path" $url.path "query" $url.query "userinfo" $user) }}
+{{- else }}
+{{- .Values.secrets.brokerUrl }}
+{{- end }}
+{{- end }}
+
 {{- define "uplion.operatorServiceAccountName" -}}
 {{- default (include "uplion.componentName" (dict "root" . "component" "operator")) .Values.operator.serviceAccount.name }}
 {{- end }}

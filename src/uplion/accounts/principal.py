@@ -9,25 +9,27 @@ the database while the cache holds it.
 from __future__ import annotations
 
 import time
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
 Role = Literal["admin", "member"]
 Period = Literal["hour", "day", "month"]
+Amount = Annotated[int, msgspec.Meta(le=(1 << 53) - 1)]
+"""A limit or a budget: at most 2**53 - 1, what the databases store and Lua counts exactly."""
 
 
 class RateLimits(msgspec.Struct, frozen=True):
     """Per-minute limits; ``None`` is unlimited."""
 
-    requests_per_minute: int | None = None
-    tokens_per_minute: int | None = None
+    requests_per_minute: Amount | None = None
+    tokens_per_minute: Amount | None = None
 
 
 class Quota(msgspec.Struct, frozen=True):
     """A budget of tokens (prompt + completion) per calendar period (UTC)."""
 
-    tokens: int
+    tokens: Amount
     period: Period = "month"
 
 

@@ -2,7 +2,10 @@
 
 Used by ``uplion run`` on one machine, where gateway and workers share a process. Nothing is
 encoded: tasks and chunks pass as objects. A consumer that is closed with tasks still taken gives
-them back, so a worker that stops never loses a task.
+them back, so a worker that stops never loses a task. Each task's deliveries are counted (a
+release and a close give it back to be delivered again); only the consumer holding a task may
+ack or release it. The broker is never unreachable, and tasks are never claimed away from a
+consumer, so ``on_lost`` is never called.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ class _Topic:
     def __init__(self) -> None:
         self.waiting: collections.deque[protocol.Task] = collections.deque()
         self.in_flight: dict[str, protocol.Task] = {}
+        self.deliveries: collections.Counter[str] = collections.Counter()
+        """Task id -> how many times it was handed to a consumer (until it is acked)."""
         self.arrived = asyncio.Condition()
 
 
@@ -117,19 +122,27 @@ class _MemoryConsumer(base.Consumer):
                 continue
             receipt = self._broker.next_receipt()
             topic.in_flight[receipt] = task
+            topic.deliveries[task.id] += 1
             self._held.add(receipt)
-            deliveries.append(base.Delivery(task=task, receipt=receipt))
+            deliveries.append(
+                base.Delivery(task=task, receipt=receipt, attempt=topic.deliveries[task.id])
+            )
         return deliveries
 
     async def ack(self, delivery: base.Delivery) -> bool:
-        held = delivery.receipt in self._held
-        self._topic.in_flight.pop(delivery.receipt, None)
+        if delivery.receipt not in self._held:
+            return False
         self._held.discard(delivery.receipt)
-        return held
+        task = self._topic.in_flight.pop(delivery.receipt, None)
+        if task is not None:
+            self._topic.deliveries.pop(task.id, None)
+        return True
 
     async def release(self, delivery: base.Delivery) -> None:
-        task = self._topic.in_flight.pop(delivery.receipt, None)
+        if delivery.receipt not in self._held:
+            return
         self._held.discard(delivery.receipt)
+        task = self._topic.in_flight.pop(delivery.receipt, None)
         if task is not None:
             self._topic.waiting.appendleft(task)
             async with self._topic.arrived:

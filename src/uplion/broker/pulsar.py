@@ -28,7 +28,9 @@ Choices:
   losing the task it may be receiving.
 - Redelivery: a consumer that closes, or whose connection dies with its process, gives back at
   once every task it holds (Pulsar redelivers a consumer's unacknowledged messages when it goes).
-  ``release`` is a negative ack, redelivered after 100 ms (the client's minimum). There is no ack
+  ``release`` is a negative ack, redelivered after 100 ms (the client's minimum). Every
+  redelivery counts in ``Delivery.attempt`` (Pulsar's ``redelivery_count`` plus one). Tasks are
+  never claimed away from a live consumer, so ``on_lost`` is never called. There is no ack
   timeout: the client applies one only to consumers with a receive queue, and a live worker's
   long task must stay with it; a worker that hangs while connected fails its liveness probe and
   is restarted, which closes its connection.
@@ -41,6 +43,10 @@ Choices:
 - Retention: cancellations and statuses are read back only as far as Pulsar keeps them; without
   a retention policy that is the topic's current ledger (minutes to hours). Retention of an hour
   (``STATUS_MEMORY_S``) on the namespace keeps a failed model's status for the whole time.
+- Outages: every call that fails on Pulsar (refused, timed out after ``operation_timeout_s``,
+  disconnected) raises ``BrokerUnavailable``; the client reconnects by itself, and the readers
+  of replies, cancellations and statuses retry with backoff (``redisio.Backoff``, the one backoff
+  policy of uplion's loops). ``close`` never raises because Pulsar is down.
 - Event loop: ``start`` connects in the running loop, and the broker then lives in that loop.
 """
 
@@ -53,7 +59,7 @@ import functools
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,7 +67,7 @@ import msgspec
 import pulsar
 import pulsar.asyncio
 
-from uplion import protocol
+from uplion import protocol, redisio
 from uplion.broker import base, pulsar_admin, pulsar_names
 
 logger = logging.getLogger(__name__)
@@ -72,8 +78,6 @@ _NACK_DELAY_MS = 100
 _PRODUCER_IDLE_S = 60.0
 _MAX_PENDING_SENDS = 10_000
 _MAX_CANCEL_MARKS = 10_000
-_BACKOFF_FIRST_S = 0.1
-_BACKOFF_MAX_S = 5.0
 
 
 class _Cancellation(msgspec.Struct, frozen=True):
@@ -102,6 +106,15 @@ async def _quietly(closing: Awaitable[Any], what: str) -> None:
 
 def _is_closed(error: pulsar.asyncio.PulsarException) -> bool:
     return bool(error.error() == pulsar.Result.AlreadyClosed)
+
+
+@contextlib.contextmanager
+def _unavailable(what: str) -> Iterator[None]:
+    """Turn a Pulsar error inside the block into ``BrokerUnavailable`` saying ``what`` failed."""
+    try:
+        yield
+    except pulsar.asyncio.PulsarException as error:
+        raise base.BrokerUnavailable(f"Pulsar could not {what}: {error}") from error
 
 
 async def _probe(hosts: tuple[tuple[str, int], ...], timeout_s: float) -> None:
@@ -256,7 +269,7 @@ class PulsarBroker(base.Broker):
     async def _follow(self, reader: pulsar.asyncio.Reader, dispatch: Callable[[bytes], None]
                       ) -> None:
         """Hand each message the reader reads to ``dispatch`` until the broker closes."""
-        backoff = _BACKOFF_FIRST_S
+        backoff = redisio.Backoff()
         while True:
             try:
                 message = await reader.read_next()
@@ -264,23 +277,24 @@ class PulsarBroker(base.Broker):
                 if _is_closed(error):
                     return
                 logger.warning("reading %s failed (%s); retrying in %.1f s",
-                               reader.topic(), error, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, _BACKOFF_MAX_S)
+                               reader.topic(), error, backoff.delay)
+                await backoff.wait()
                 continue
-            backoff = _BACKOFF_FIRST_S
+            backoff.reset()
             dispatch(message.data())
 
     async def publish(self, topic: str, task: protocol.Task) -> None:
-        producer = await self._producer(topic, group=protocol.WORKER_GROUP)
-        await producer.send(protocol.encode(task))
+        with _unavailable(f"publish task {task.id} to {topic}"):
+            producer = await self._producer(topic, group=protocol.WORKER_GROUP)
+            await producer.send(protocol.encode(task))
 
     def consumer(self, topic: str, group: str, name: str) -> base.Consumer:
         return _PulsarConsumer(self, self.settings.topic(topic), group, name)
 
     async def send_reply(self, address: str, chunk: protocol.Chunk) -> None:
-        producer = await self._producer(pulsar_names.REPLY_PREFIX + address)
-        await producer.send(protocol.encode(chunk))
+        with _unavailable(f"send a reply of task {chunk.task_id} to {address}"):
+            producer = await self._producer(pulsar_names.REPLY_PREFIX + address)
+            await producer.send(protocol.encode(chunk))
 
     async def subscribe_replies(self, address: str, handler: base.ChunkHandler) -> None:
         """Deliver the chunks sent to ``address`` from now on (a second call replaces handler)."""
@@ -288,9 +302,10 @@ class PulsarBroker(base.Broker):
         if address in self._reply_handlers:
             self._reply_handlers[address] = handler
             return
-        reader = await client.create_reader(
-            self.settings.topic(pulsar_names.REPLY_PREFIX + address), pulsar.MessageId.latest
-        )
+        with _unavailable(f"read the replies to {address}"):
+            reader = await client.create_reader(
+                self.settings.topic(pulsar_names.REPLY_PREFIX + address), pulsar.MessageId.latest
+            )
         self._readers.append(reader)
         self._reply_handlers[address] = handler
         self._spawn(self._follow(reader, functools.partial(self._on_reply, address)),
@@ -313,13 +328,16 @@ class PulsarBroker(base.Broker):
 
     async def cancel(self, task: protocol.Task) -> None:
         self._mark_cancelled(task.id, task.deadline)
-        producer = await self._producer(pulsar_names.CANCEL_TOPIC)
-        await producer.send(msgspec.json.encode(_Cancellation(task=task.id, until=task.deadline)))
+        mark = msgspec.json.encode(_Cancellation(task=task.id, until=task.deadline))
+        with _unavailable(f"cancel task {task.id}"):
+            producer = await self._producer(pulsar_names.CANCEL_TOPIC)
+            await producer.send(mark)
 
     async def subscribe_cancellations(self, handler: base.CancelHandler) -> None:
         self._cancel_handlers.append(handler)
         try:
-            await self._follow_cancellations()
+            with _unavailable("follow cancellations"):
+                await self._follow_cancellations()
         except BaseException:
             self._cancel_handlers.remove(handler)
             raise
@@ -376,10 +394,15 @@ class PulsarBroker(base.Broker):
         return await self._admin.backlog(topic, group)
 
     async def publish_status(self, status: protocol.WorkerStatus) -> None:
-        producer = await self._producer(pulsar_names.STATUS_TOPIC)
-        await producer.send(protocol.encode(status), partition_key=status.worker)
+        with _unavailable(f"publish the status of worker {status.worker}"):
+            producer = await self._producer(pulsar_names.STATUS_TOPIC)
+            await producer.send(protocol.encode(status), partition_key=status.worker)
 
     async def subscribe_status(self, handler: base.StatusHandler) -> None:
+        with _unavailable("read the workers' statuses"):
+            await self._subscribe_status(handler)
+
+    async def _subscribe_status(self, handler: base.StatusHandler) -> None:
         client = self._live_client()
         reader = await client.create_reader(
             self.settings.topic(pulsar_names.STATUS_TOPIC), pulsar.MessageId.earliest,
@@ -443,40 +466,48 @@ class _PulsarConsumer(base.Consumer):
         if max_count <= 0:
             return []
         async with self._taking:
-            consumer = await self._open()
-            loop = asyncio.get_running_loop()
-            give_up = loop.time() + timeout
-            deliveries: list[base.Delivery] = []
-            while len(deliveries) < max_count:
-                while len(self._receiving) < max_count - len(deliveries):
-                    self._receiving.append(loop.create_task(consumer.receive()))
-                head = self._receiving[0]
+            with _unavailable(f"deliver tasks of {self._topic}"):
+                return await self._take(max_count, timeout)
+
+    async def _take(self, max_count: int, timeout: float) -> list[base.Delivery]:
+        consumer = await self._open()
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + timeout
+        deliveries: list[base.Delivery] = []
+        while len(deliveries) < max_count:
+            while len(self._receiving) < max_count - len(deliveries):
+                self._receiving.append(loop.create_task(consumer.receive()))
+            head = self._receiving[0]
+            if not head.done():
+                remaining = give_up - loop.time()
+                if remaining > 0:
+                    await asyncio.wait([head], timeout=remaining)
                 if not head.done():
-                    remaining = give_up - loop.time()
-                    if remaining > 0:
-                        await asyncio.wait([head], timeout=remaining)
-                    if not head.done():
-                        break
-                if self._closed:
-                    raise RuntimeError("the consumer was closed while taking")
-                self._receiving.popleft()
-                delivery = await self._accept(consumer, head.result())
-                if delivery is not None:
-                    deliveries.append(delivery)
-                    give_up = min(give_up, loop.time() + _GATHER_S)
-            return deliveries
+                    break
+            if self._closed:
+                raise RuntimeError("the consumer was closed while taking")
+            self._receiving.popleft()
+            if head.exception() is not None and deliveries:
+                return deliveries  # the tasks in hand go to the worker; the failure comes again
+            delivery = await self._accept(consumer, head.result())
+            if delivery is not None:
+                deliveries.append(delivery)
+                give_up = min(give_up, loop.time() + _GATHER_S)
+        return deliveries
 
     async def ack(self, delivery: base.Delivery) -> bool:
         message = self._held.pop(delivery.receipt, None)
         if message is None or self._consumer is None:
             return False
-        await self._consumer.acknowledge(message)
+        with _unavailable(f"ack task {delivery.task.id} of {self._topic}"):
+            await self._consumer.acknowledge(message)
         return True
 
     async def release(self, delivery: base.Delivery) -> None:
         message = self._held.pop(delivery.receipt, None)
         if message is not None and self._consumer is not None:
-            await self._consumer.negative_acknowledge(message)
+            with _unavailable(f"give back task {delivery.task.id} of {self._topic}"):
+                await self._consumer.negative_acknowledge(message)
 
     async def close(self) -> None:
         """Give back what this consumer holds: Pulsar redelivers it when the consumer closes."""
@@ -527,4 +558,4 @@ class _PulsarConsumer(base.Consumer):
             await consumer.acknowledge(message)
             return None
         self._held[receipt] = message
-        return base.Delivery(task=task, receipt=receipt)
+        return base.Delivery(task=task, receipt=receipt, attempt=message.redelivery_count() + 1)

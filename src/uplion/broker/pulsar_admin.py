@@ -22,8 +22,9 @@ from uplion.broker import base, pulsar_names
 _BODY_EXCERPT = 200
 
 
-class AdminError(Exception):
-    """The admin REST API could not be reached, or answered with an error or garbage."""
+class AdminError(base.BrokerUnavailable):
+    """The admin REST API could not be reached, or answered with an error or garbage: the
+    broker cannot tell the backlog now."""
 
 
 class _SubscriptionStats(msgspec.Struct):

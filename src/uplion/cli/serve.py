@@ -15,11 +15,11 @@ import uvicorn
 import uvloop
 from starlette.applications import Starlette
 
-from uplion import billing, broker, cluster, config, gateway, wiring, worker
+from uplion import billing, broker, cluster, config, fetch, gateway, wiring, worker
 from uplion.accounts import default_url, migrate
-from uplion.broker import pulsar_names
 from uplion.local.runtime import LocalPlatform
 from uplion.models import ModelSpec, load_models_file, resource
+from uplion.operator import deployments as deployments_
 from uplion.operator import events as operator_events
 from uplion.operator import kube
 from uplion.operator import run as operator_run
@@ -31,7 +31,11 @@ from uplion.worker.engines.base import Engine, Unrecoverable
 app = typer.Typer()
 
 ModelsOption = typer.Option(None, "--models", "-m", help="Models file (YAML).")
-BrokerOption = typer.Option(None, "--broker", "-b", help="memory://, redis://host:port/db or pulsar://host:6650")
+BrokerOption = typer.Option(
+    None, "--broker", "-b", help="memory://, redis://host:port/db or pulsar://host:6650 (a URL "
+    "with a password belongs in UPLION_BROKER_URL: every user of the machine can read a command "
+    "line).",
+)
 HostOption = typer.Option(None, "--host", help="Address to listen on.")
 PortOption = typer.Option(None, "--port", "-p", help="Port to listen on.")
 
@@ -57,9 +61,13 @@ def _specs(settings: config.Settings) -> list[ModelSpec]:
 def _banner(settings: config.Settings, specs: list[ModelSpec]) -> str:
     base = f"http://{settings.host}:{settings.port}"
     chat = next((s.name for s in specs if s.serves == "text-generation"), "<model>")
+    metrics = (f"{base}/metrics" if settings.metrics_port is None
+               else f"http://{settings.host}:{settings.metrics_port}/metrics")
     return "\n".join([
-        f"uplion is serving {', '.join(s.name for s in specs)} on {settings.broker_url}",
-        f"  OpenAI API:  {base}/v1   (KServe v2: {base}/v2, metrics: {base}/metrics)",
+        # Without its user, password and options: a banner ends up in logs and screenshots.
+        f"uplion is serving {', '.join(s.name for s in specs)} on "
+        f"{fetch.redact(settings.broker_url)}",
+        f"  OpenAI API:  {base}/v1   (KServe v2: {base}/v2, metrics: {metrics})",
         f"  Web:         {base}/ui/chat   (admin dashboard: {base}/ui/admin)",
         "  try (with an API token in UPLION_TOKEN):",
         f"    curl {base}/v1/chat/completions -H \"Authorization: Bearer $UPLION_TOKEN\" \\",
@@ -73,11 +81,31 @@ def _uvicorn_config(app_: Starlette, settings: config.Settings) -> uvicorn.Confi
     return uvicorn.Config(
         app_, host=settings.host, port=settings.port, loop="uvloop", http="httptools",
         lifespan="on", log_level=settings.log_level, access_log=False,
+        proxy_headers=bool(settings.trusted_proxies), forwarded_allow_ips=settings.trusted_proxies,
     )
 
 
 def _serve(app_: Starlette, settings: config.Settings) -> None:
-    uvicorn.Server(_uvicorn_config(app_, settings)).run()
+    uvloop.run(_serving(app_, settings))
+
+
+async def _serving(app_: Starlette, settings: config.Settings) -> None:
+    """Serve the gateway ``app_``, and its metrics alone on ``metrics_port`` when that is set;
+    SIGTERM stops both (each uvicorn server passes the signal on to the other's handler)."""
+    server = uvicorn.Server(_uvicorn_config(app_, settings))
+    if settings.metrics_port is None:
+        await server.serve()
+        return
+    metrics = uvicorn.Server(uvicorn.Config(
+        gateway.metrics_app(app_), host=settings.host, port=settings.metrics_port,
+        http="httptools", lifespan="off", log_level=settings.log_level, access_log=False,
+    ))
+    scraping = asyncio.create_task(metrics.serve(), name="metrics-port")
+    try:
+        await server.serve()
+    finally:
+        metrics.should_exit = True
+        await scraping
 
 
 @app.command()
@@ -109,12 +137,21 @@ def gateway_command(
     models: Path | None = ModelsOption, broker_url: str | None = BrokerOption,
     host: str | None = HostOption, port: int | None = PortOption,
 ) -> None:
-    """Start a gateway only; workers run as separate `uplion worker` processes."""
+    """Start a gateway only; workers run as separate `uplion worker` processes.
+
+    Needs Redis (UPLION_REDIS_URL, or a redis:// broker) for the state gateways share, unless
+    UPLION_SINGLE_REPLICA=true says it runs alone."""
     settings = _settings(models, broker_url, host, port)
+    try:
+        wiring.require_shared_state(settings)
+        workers = _workers_broker(settings)
+    except (wiring.SharedStateMissing, ValueError) as error:
+        typer.echo(f"uplion gateway: {error}", err=True)
+        raise typer.Exit(2) from None
     backends = wiring.backends(settings)
     catalog = gateway.Catalog(_specs(settings))
-    if settings.deployments == "kubernetes":
-        uvloop.run(_cluster_gateway(settings, backends, catalog))
+    if workers is not None:
+        uvloop.run(_cluster_gateway(settings, backends, catalog, workers))
         return
 
     @contextlib.asynccontextmanager
@@ -122,41 +159,45 @@ def gateway_command(
         async with backends.running(migrate_first=False):
             yield
 
-    _serve(_gateway_app(backends, catalog, None, lifespan), settings)
+    _serve(_gateway_app(settings, backends, catalog, None, lifespan), settings)
 
 
 def _gateway_app(
-    backends: wiring.Backends, catalog: gateway.Catalog,
+    settings: config.Settings, backends: wiring.Backends, catalog: gateway.Catalog,
     deployments: KubernetesDeployments | None,
     lifespan: Callable[[Starlette], contextlib.AbstractAsyncContextManager[None]],
 ) -> Starlette:
     return gateway.create_app(
         backends.broker, catalog, principals=backends.principals, admission=backends.admission,
         usage=backends.usage, accounts=backends.accounts, database=backends.database,
-        deployments=deployments, lifespan=lifespan,
+        deployments=deployments, lifespan=lifespan, settings=settings,
     )
 
 
-def workers_broker(url: str) -> resource.Broker:
-    """The broker of the AIModels this gateway creates: its own (Redis Streams or Pulsar)."""
-    if url.split(":", 1)[0] in pulsar_names.SCHEMES:
-        pulsar = pulsar_names.parse_url(url)
-        return resource.Broker(
-            kind="pulsar", url=pulsar.service_url, admin_url=pulsar.admin_url,
-            tenant=pulsar.tenant, namespace=pulsar.namespace,
+def _workers_broker(settings: config.Settings) -> resource.Broker | None:
+    """The broker of the AIModels a cluster gateway creates (``None``: it creates none);
+    ``ValueError`` naming the setting that is missing or wrong."""
+    if settings.deployments != "kubernetes":
+        return None
+    if not settings.workers_broker_secret:
+        raise ValueError(
+            "UPLION_DEPLOYMENTS=kubernetes needs UPLION_WORKERS_BROKER_SECRET=<secret>/<key>: the "
+            "Secret key holding the workers' broker URL, which the AIModels it creates name "
+            "(the URL itself never goes into an AIModel)"
         )
-    return resource.Broker(kind="redis", url=url)
+    return deployments_.workers_broker(
+        settings.broker_url, settings.workers_broker_secret, settings.workers_broker_auth
+    )
 
 
 async def _cluster_gateway(
-    settings: config.Settings, backends: wiring.Backends, catalog: gateway.Catalog
+    settings: config.Settings, backends: wiring.Backends, catalog: gateway.Catalog,
+    workers: resource.Broker,
 ) -> None:
     """A gateway whose /v1/modelDeployment manages AIModels and that routes what they serve."""
     client = await kube.Kube.connect()
     namespace = settings.namespace or os.environ.get("POD_NAMESPACE") or "default"
-    deployments = KubernetesDeployments(
-        client, namespace, settings.image, workers_broker(settings.broker_url)
-    )
+    deployments = KubernetesDeployments(client, namespace, settings.image, workers)
     routes = cluster.AIModelRoutes(client, namespace, catalog)
 
     @contextlib.asynccontextmanager
@@ -170,9 +211,9 @@ async def _cluster_gateway(
                 follow.cancel()
 
     try:
-        await uvicorn.Server(_uvicorn_config(
-            _gateway_app(backends, catalog, deployments, lifespan), settings
-        )).serve()
+        await _serving(
+            _gateway_app(settings, backends, catalog, deployments, lifespan), settings
+        )
     finally:
         await client.close()
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 from starlette.requests import Request
@@ -38,20 +38,24 @@ T = TypeVar("T")
 Handler = Callable[[Request], Awaitable[Response]]
 
 
+ModelNames = Annotated[list[schemas.Name], msgspec.Meta(max_length=1024)]
+Days = Annotated[float, msgspec.Meta(gt=0, le=36500)]
+
+
 class NewUser(msgspec.Struct, forbid_unknown_fields=True):
-    name: str
+    name: schemas.Name
     role: Role = "member"
-    allowed_models: list[str] | None = None
+    allowed_models: ModelNames | None = None
     limits: RateLimits = RateLimits()
     quota: Quota | None = None
 
 
 class NewToken(msgspec.Struct, forbid_unknown_fields=True):
-    user_id: str
-    name: str = "default"
+    user_id: schemas.Name
+    name: schemas.Name = "default"
     expires_at: datetime | None = None
-    expires_in_days: float | None = None
-    allowed_models: list[str] | None = None
+    expires_in_days: Days | None = None
+    allowed_models: ModelNames | None = None
     limits: RateLimits = RateLimits()
     quota: Quota | None = None
 

@@ -1,7 +1,9 @@
-"""The gateway's ASGI app, built by a factory: routes, error rendering, metrics and lifespan."""
+"""The gateway's ASGI app, built by a factory: routes, middleware, error rendering, metrics and
+lifespan."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -9,22 +11,36 @@ from contextlib import AbstractAsyncContextManager
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from uplion import billing, broker, protocol, schemas, web
+from uplion import billing, broker, config, protocol, schemas, web
 from uplion.accounts import AccountService, Database, PrincipalCache
-from uplion.gateway import admin, authz, errors, kserve_v2, openai, traffic
+from uplion.gateway import (
+    admin,
+    authz,
+    edge,
+    errors,
+    kserve_v2,
+    limits,
+    openai,
+    openapi,
+    scrape,
+    sse,
+    traffic,
+)
 from uplion.gateway import deployments as deployment_api
+from uplion.gateway import metrics as metrics_
 from uplion.gateway.admission import Admission, AdmissionUnavailable
-from uplion.gateway.auth import Authenticator
+from uplion.gateway.auth import Authenticator, FailedAuthLimit
 from uplion.gateway.catalog import Catalog
 from uplion.gateway.exchange import ClientGone, Exchange
 from uplion.gateway.health import HealthBoard
 from uplion.gateway.metrics import GatewayMetrics
 from uplion.gateway.relay import Relay
-from uplion.gateway.state import GatewayState, state_of
+from uplion.gateway.state import GatewayState
 from uplion.models.deployment import DeploymentBackend
 
 log = logging.getLogger(__name__)
@@ -36,10 +52,13 @@ def create_app(
     source: broker.Broker, catalog: Catalog, *, principals: PrincipalCache,
     admission: Admission, usage: billing.UsageStream, accounts: AccountService,
     database: Database, deployments: DeploymentBackend | None = None,
-    lifespan: Lifespan | None = None,
+    lifespan: Lifespan | None = None, settings: config.Settings | None = None,
 ) -> Starlette:
     """The gateway app. ``lifespan`` (if any) runs around the gateway's own start-up and must
-    start the broker and the stores it was given (and local workers, if any)."""
+    start the broker and the stores it was given (and local workers, if any). ``settings``
+    (default: from the environment) give the limits and where metrics are served."""
+    settings = config.Settings() if settings is None else settings
+    bounds = limits.Limits.from_settings(settings)
     relay = Relay(source)
     metrics = GatewayMetrics()
     board = HealthBoard()
@@ -57,16 +76,23 @@ def create_app(
                 await stack.enter_async_context(lifespan(app))
             await relay.start()
             await source.subscribe_status(board.record)
+            await _first_backlog(metrics, source, catalog)
+            backlog = asyncio.create_task(metrics_.follow_backlog(
+                metrics, source, catalog, settings.metrics_refresh_s), name="backlog-metrics")
+            stack.push_async_callback(_stop, backlog)
             state.ready = True
             log.info("gateway ready: reply address %s, models %s", relay.address, catalog.names())
             yield
             state.ready = False
             await exchange.drain()
 
+    routes = [*openai.ROUTES, *kserve_v2.ROUTES, *admin.ROUTES, *authz.ROUTES,
+              *deployment_api.ROUTES, *traffic.ROUTES,
+              Route("/openapi.json", openapi.openapi_json, methods=["GET"]), web.mount()]
+    if settings.metrics_port is None:  # else metrics_app(app) serves them on their own port
+        routes.append(Route("/metrics", scrape.public_metrics, methods=["GET"]))
     app = Starlette(
-        routes=[*openai.ROUTES, *kserve_v2.ROUTES, *admin.ROUTES, *authz.ROUTES,
-                *deployment_api.ROUTES, *traffic.ROUTES,
-                Route("/metrics", metrics_endpoint), web.mount()],
+        routes=routes,
         exception_handlers={
             errors.ApiError: _api_error,
             schemas.InvalidRequest: _invalid_request,
@@ -74,25 +100,44 @@ def create_app(
             AdmissionUnavailable: _admission_unavailable,
             HTTPException: _http_error,
         },
+        middleware=[
+            Middleware(edge.Edge, streams=sse.StreamSlots(bounds.streams_per_token)),
+            Middleware(limits.BodyLimit, limits=bounds),
+            Middleware(FailedAuthLimit, admission=admission),
+        ],
         lifespan=run,
     )
     app.state.uplion = state
+    app.state.openapi = openapi.encoded(routes)
     return app
 
 
-async def metrics_endpoint(request: Request) -> Response:
-    state = state_of(request)
-    for route in state.catalog.routes():
-        backlog = await state.broker.backlog(route.topic, protocol.WORKER_GROUP)
-        state.metrics.backlog.labels(route.topic, "waiting").set(backlog.waiting)
-        state.metrics.backlog.labels(route.topic, "in_flight").set(backlog.in_flight)
-    return Response(state.metrics.exposition(), media_type="text/plain; version=0.0.4")
+def metrics_app(app: Starlette) -> Starlette:
+    """The app that serves the metrics of the gateway ``app`` on a port of their own."""
+    state: GatewayState = app.state.uplion
+    return scrape.metrics_app(state.metrics)
+
+
+async def _first_backlog(
+    metrics: GatewayMetrics, source: broker.Broker, catalog: Catalog
+) -> None:
+    """Read the backlog once before the gateway is ready; a broker that cannot answer yet
+    leaves it to the refresh that follows."""
+    try:
+        async with asyncio.timeout(metrics_.READ_TIMEOUT_S):
+            await metrics_.refresh_backlog(metrics, source, catalog)
+    except Exception as exc:
+        log.warning("cannot read the topics' backlog for /metrics yet: %s", exc)
+
+
+async def _stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def _render(request: Request, error: protocol.ErrorInfo, headers: dict[str, str]) -> Response:
-    if request.url.path.startswith("/v2"):
-        return errors.v2_response(error, headers)
-    return errors.openai_response(error, headers)
+    return errors.respond(request.url.path, error, headers)
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:
@@ -108,7 +153,7 @@ async def _invalid_request(request: Request, exc: Exception) -> Response:
 
 
 async def _admission_unavailable(request: Request, exc: Exception) -> Response:
-    log.warning("rate limits unavailable: %s", exc)
+    log.warning("request %s: rate limits unavailable: %s", edge.context_of(request).id, exc)
     return _render(request, protocol.ErrorInfo(
         "Rate limiting is unavailable right now; retry shortly.", type="server_error",
         code="rate_limiter_unavailable", status=503,

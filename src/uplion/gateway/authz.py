@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from uplion import protocol
+from uplion import protocol, schemas
 from uplion.gateway import auth, errors
 from uplion.gateway.state import state_of
 
@@ -41,10 +41,12 @@ async def check(request: Request) -> Response:
 
 
 def _model_named(body: bytes) -> str | None:
+    """The ``model`` a forwarded JSON body names; a body that is not JSON names none (it may be
+    a form or a file), one nested too deep is refused (400) as every endpoint refuses it."""
     if not body:
         return None
     try:
-        payload = msgspec.json.decode(body)
+        payload = schemas.decode_json(body)
     except msgspec.DecodeError:
         return None
     model = payload.get("model") if isinstance(payload, dict) else None

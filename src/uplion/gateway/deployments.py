@@ -26,6 +26,8 @@ from uplion.models.deployment import (
     DeploymentNotFound,
     DeploymentPatch,
     DeploymentRequest,
+    KeySourceRefused,
+    check_key_sources,
 )
 
 T = TypeVar("T", bound=pydantic.BaseModel)
@@ -108,6 +110,10 @@ def _guarded(handler: Any) -> Any:
 @_guarded
 async def create(request: Request) -> Response:
     body = await _parse(request, DeploymentRequest)
+    try:
+        check_key_sources(body.model)
+    except KeySourceRefused as refused:
+        raise errors.invalid_request(str(refused), refused.param) from None
     deployment = await _backend(request).create(body)
     return json_response(_view(request, deployment), status=201)
 

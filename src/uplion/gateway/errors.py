@@ -1,4 +1,4 @@
-"""Error responses: OpenAI's shape under ``/v1``, the Open Inference Protocol's under ``/v2``.
+"""Error responses: the Open Inference Protocol's shape under ``/v2``, OpenAI's everywhere else.
 
 OpenAI: ``{"error": {"message", "type", "param", "code"}}``. KServe v2: ``{"error": "<message>"}``,
 which is what v2 clients (tritonclient, kserve) read.
@@ -44,6 +44,29 @@ def deadline_exceeded(model: str, timeout_s: float) -> ApiError:
         "the model's workers are busy, starting or unavailable. Retry later.",
         type="timeout_error", code="timeout", status=504,
     ))
+
+
+def too_large(limit: int) -> ApiError:
+    return ApiError(protocol.ErrorInfo(
+        f"The request body is larger than this endpoint's limit of {limit} bytes.",
+        type="invalid_request_error", code="request_too_large", status=413,
+    ))
+
+
+def internal(request_id: str) -> protocol.ErrorInfo:
+    return protocol.ErrorInfo(
+        f"The gateway failed to answer this request (request id {request_id}); the cause is in "
+        "its log under that id.", type="server_error", code="internal_error", status=500,
+    )
+
+
+def respond(
+    path: str, error: protocol.ErrorInfo, headers: dict[str, str] | None = None
+) -> Response:
+    """``error`` in the shape of the API that ``path`` belongs to."""
+    if path == "/v2" or path.startswith("/v2/"):
+        return v2_response(error, headers)
+    return openai_response(error, headers)
 
 
 def openai_body(error: protocol.ErrorInfo) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from starlette.routing import Route
 import uplion
 from uplion import protocol, schemas
 from uplion.accounts.principal import Principal
-from uplion.gateway import catalog, errors, estimate, kserve_binary
+from uplion.gateway import catalog, errors, estimate, kserve_binary, limits
 from uplion.gateway.openai import json_response
 from uplion.gateway.state import state_of
 
@@ -87,8 +87,11 @@ async def infer(request: Request) -> Response:
         request.headers.get(kserve_binary.HEADER), await request.body()
     )
     state = state_of(request)
+    limits.check_max_tokens(state.health.info(route.spec.name, route.spec.version),
+                            route.spec.name, body)
     call = await state.exchange.call(
-        route, protocol.Protocol.KSERVE_V2, payload, False, caller, estimate.v2_infer(body)
+        route, protocol.Protocol.KSERVE_V2, payload, False, caller,
+        estimate.v2_infer(body, route.spec),
     )
     final = await call.result(request)
     usage = final.usage or protocol.Usage()

@@ -15,9 +15,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from uplion import protocol, schemas
-from uplion.gateway import auth, catalog, errors, estimate, sse
+from uplion.gateway import auth, catalog, edge, errors, estimate, limits, sse
 from uplion.gateway.exchange import Call
 from uplion.gateway.state import GatewayState, state_of
+from uplion.models import ModelSpec
 
 _encode = msgspec.json.Encoder().encode
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -58,7 +59,7 @@ def _model_object(state: GatewayState, route: catalog.Route) -> dict[str, Any]:
 
 async def _open(
     request: Request, kind: protocol.Protocol, schema: type[Any], serves: str,
-    estimator: Callable[[Any], estimate.Estimate],
+    estimator: Callable[[Any, ModelSpec], estimate.Estimate],
 ) -> tuple[Call, Any]:
     state = state_of(request)
     caller = await state.auth.authenticate(request.headers)
@@ -74,8 +75,13 @@ async def _open(
             f"The model `{body.model}` serves {served}, not {serves}.",
             param="model", code="model_not_supported",
         )
+    limits.check_max_tokens(state.health.info(route.spec.name, route.spec.version), body.model,
+                            body)
+    if getattr(body, "stream", False):
+        edge.context_of(request).hold_stream(caller.token_id)
     call = await state.exchange.call(
-        route, kind, payload, bool(getattr(body, "stream", False)), caller, estimator(body)
+        route, kind, payload, bool(getattr(body, "stream", False)), caller,
+        estimator(body, route.spec),
     )
     return call, body
 
@@ -122,11 +128,11 @@ async def _respond(
         )
     # The first chunk decides the status: an error or a timeout before any output is a plain
     # HTTP error, not a stream.
-    first = await call.next_chunk()
+    first = await call.first(request)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     chunk_object = "chat.completion.chunk" if obj == "chat.completion" else obj
     events = _sse(call, first, {**envelope, "object": chunk_object}, include_usage)
-    return sse.EventStream(events, {**_SSE_HEADERS, **call.headers})
+    return sse.EventStream(events, {**_SSE_HEADERS, **call.headers}, deadline=call.task.deadline)
 
 
 async def _sse(

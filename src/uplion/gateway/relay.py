@@ -1,107 +1,119 @@
-"""The gateway's side of the queue: publish a task, then receive its reply on our own address.
+"""The gateway's side of the queue's replies: route each chunk to its request, in order.
 
-Each gateway instance has one reply address. Chunks arrive there for every task it published and
-are routed to the request that waits for them. A task redelivered after its worker died answers
-again from ``seq`` 0 under a new ``delivery``: the relay follows the newest delivery and forwards
-only chunks past the last one it forwarded, so the client never sees a chunk twice.
+Each gateway instance has one reply address. Chunks arrive there for every task it published;
+``Relay`` hands each to the handler registered for its task (the request's ``Call``) and drops
+those of tasks it no longer follows.
+
+``Reassembly`` holds the rules of one task's reply. A task redelivered after its worker died
+answers again from ``seq`` 0 under a new ``delivery`` and a higher ``attempt``:
+
+- the reply follows the newest delivery (the highest attempt; on a tie, a delivery that starts
+  after the current one, e.g. a task a stopping worker gave back). A chunk of a delivery it left
+  is dropped, even a new start: a stalled worker that wakes up never reaches the client again;
+- it forwards only positions past the last one forwarded, so the client never sees a chunk twice;
+  a delivery's end (``final`` or ``error``) is always forwarded, even at a position the client
+  has: a redelivered stream that ends earlier still ends (its text at that position dropped);
+- within a delivery chunks come in order (the broker keeps a reply stream's order and the worker
+  numbers them): a jump in ``seq``, or a delivery first seen past its start, means chunks were
+  lost on the way, and the request ends with an error rather than silently missing text
+  (``ChunksLost``). A repeated ``seq`` (a send the worker retried) is dropped.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
 
 from uplion import broker, protocol
 
+ChunkHandler = Callable[[protocol.Chunk], None]
 
-class DeadlineExceeded(Exception):
-    """No complete reply before the task's deadline."""
+
+class ChunksLost(Exception):
+    """Chunks of a reply never arrived: the text the client has would silently miss a part."""
 
 
 class Relay:
     def __init__(self, source: broker.Broker, address: str | None = None) -> None:
         self.broker = source
         self.address = address or f"gw-{uuid.uuid4().hex[:12]}"
-        self._waiting: dict[str, Inflight] = {}
+        self._handlers: dict[str, ChunkHandler] = {}
 
     async def start(self) -> None:
         await self.broker.subscribe_replies(self.address, self._on_chunk)
 
     @property
     def inflight(self) -> int:
-        return len(self._waiting)
+        """Tasks whose replies this gateway follows."""
+        return len(self._handlers)
 
-    async def submit(self, topic: str, task: protocol.Task) -> Inflight:
-        """Publish ``task`` and return the handle its reply arrives on."""
-        inflight = Inflight(self, task)
-        self._waiting[task.id] = inflight
-        try:
-            await self.broker.publish(topic, task)
-        except BaseException:
-            self._waiting.pop(task.id, None)
-            raise
-        return inflight
-
-    def _on_chunk(self, chunk: protocol.Chunk) -> None:
-        inflight = self._waiting.get(chunk.task_id)
-        if inflight is not None:
-            inflight.offer(chunk)
+    def follow(self, task_id: str, handler: ChunkHandler) -> None:
+        """Hand every chunk of ``task_id`` to ``handler`` until ``forget``; call it before the
+        task is published, so that no chunk arrives unrouted."""
+        self._handlers[task_id] = handler
 
     def forget(self, task_id: str) -> None:
-        self._waiting.pop(task_id, None)
+        self._handlers.pop(task_id, None)
+
+    def _on_chunk(self, chunk: protocol.Chunk) -> None:
+        handler = self._handlers.get(chunk.task_id)
+        if handler is not None:
+            handler(chunk)
 
 
-class Inflight:
-    """One published task awaiting its reply."""
+class Reassembly:
+    """One task's reply, put back in order by the rules of the module docstring."""
 
-    def __init__(self, relay: Relay, task: protocol.Task) -> None:
-        self.relay = relay
-        self.task = task
-        self._chunks: asyncio.Queue[protocol.Chunk | None] = asyncio.Queue()
+    def __init__(self) -> None:
         self._delivery: str | None = None
-        self._forwarded = -1
-        self.done = False
+        self._attempt = -1
+        self._next_seq = 0  # the next position expected of the current delivery
+        self._left: set[str] = set()  # deliveries this reply followed and left
+        self._forwarded = -1  # the last position forwarded to the client
 
-    @property
-    def ready(self) -> bool:
-        """Whether a chunk is waiting to be taken."""
-        return not self._chunks.empty()
-
-    def offer(self, chunk: protocol.Chunk) -> None:
+    def accept(self, chunk: protocol.Chunk) -> protocol.Chunk | None:
+        """The chunk to forward (maybe without its text), or ``None`` to drop it; raises
+        ``ChunksLost``."""
         if chunk.delivery != self._delivery:
-            if self._delivery is not None and chunk.seq != 0:
-                return  # a late chunk of a delivery that was superseded
-            self._delivery = chunk.delivery
-        if chunk.seq <= self._forwarded:
-            return  # the client already has this position (a redelivery catching up)
-        self._forwarded = chunk.seq
-        self._chunks.put_nowait(chunk)
+            if chunk.attempt < self._attempt or chunk.delivery in self._left:
+                return None  # a delivery this reply has left behind
+            if chunk.seq != 0:
+                raise ChunksLost(
+                    f"the answer's first {chunk.seq} chunks (delivery {chunk.delivery}) never "
+                    "arrived"
+                )
+            if self._delivery is not None:
+                self._left.add(self._delivery)
+            self._delivery, self._attempt, self._next_seq = chunk.delivery, chunk.attempt, 0
+        if chunk.seq < self._next_seq:
+            return None  # a repeat of a chunk sent again
+        if chunk.seq > self._next_seq:
+            raise ChunksLost(
+                f"{chunk.seq - self._next_seq} chunks of the answer (positions {self._next_seq} "
+                f"to {chunk.seq - 1}) never arrived"
+            )
+        self._next_seq += 1
+        if chunk.seq > self._forwarded:
+            self._forwarded = chunk.seq
+            return chunk
+        if chunk.terminal:
+            return _without_text(chunk)
+        return None
 
-    async def chunks(self) -> AsyncIterator[protocol.Chunk]:
-        """Chunks in order up to the terminal one; ``DeadlineExceeded`` past the deadline.
 
-        One timer per task (not one per chunk) puts the deadline in the queue, as ``None``.
-        """
-        delay = self.task.deadline - time.time()
-        timer = asyncio.get_running_loop().call_later(delay, self._chunks.put_nowait, None)
-        try:
-            while True:
-                chunk = await self._chunks.get()
-                if chunk is None:
-                    raise DeadlineExceeded
-                if chunk.terminal:
-                    self.done = True
-                yield chunk
-                if chunk.terminal:
-                    return
-        finally:
-            timer.cancel()
-            self.relay.forget(self.task.id)
-
-    async def abandon(self) -> None:
-        """The client left or the deadline passed: tell workers to skip or stop the task."""
-        self.relay.forget(self.task.id)
-        if not self.done:
-            await self.relay.broker.cancel(self.task)
+def _without_text(chunk: protocol.Chunk) -> protocol.Chunk:
+    """A stream's end at a position the client has seen: its finish reason and usage, without
+    the text the other delivery said there (chat ``delta``, completion ``text``)."""
+    if not chunk.data or "choices" not in chunk.data:
+        return chunk
+    choices: list[dict[str, Any]] = []
+    for choice in chunk.data["choices"]:
+        if "delta" in choice:
+            choice = {**choice, "delta": {}}
+        if "text" in choice:
+            choice = {**choice, "text": ""}
+        choices.append(choice)
+    return msgspec.structs.replace(chunk, data={**chunk.data, "choices": choices})

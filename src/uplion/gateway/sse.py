@@ -1,18 +1,31 @@
-"""A streamed answer (server-sent events) that stops the work behind it when the client leaves.
+"""A streamed answer (server-sent events) that stops the work behind it when the client leaves,
+and the cap on the streams one API token holds at once.
 
 Starlette's ``StreamingResponse`` runs every stream in an anyio task group beside a second task
 listening for the disconnect. Here the events are sent from the request's own task, and one
 plain asyncio task waits on ``receive``: if the client goes first it cancels the sending task,
 so the event generator is closed where it waits (which cancels the task behind it). uvicorn
 drops a body sent after the disconnect, so a chunk racing the disconnect is harmless.
+
+A client that stops reading makes the server's writes wait (uvicorn's flow control); a write
+still waiting at the request's deadline ends the stream there, unfinished, instead of letting the
+client hold the request (its task, its reservation, its stream slot) for as long as it likes.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Mapping
+import collections
+import logging
+import time
+from collections.abc import AsyncGenerator, Callable, Mapping
 
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
+
+from uplion import protocol
+from uplion.gateway import errors
+
+log = logging.getLogger(__name__)
 
 DONE = b"data: [DONE]\n\n"
 """The last event of a stream: the batch that ends with it ends the body in the same write."""
@@ -21,10 +34,14 @@ _CONTENT_TYPE = (b"content-type", b"text/event-stream; charset=utf-8")
 
 class EventStream:
     """An ASGI response: status 200, ``headers``, then each of ``events`` (framed already)
-    up to the one ending with ``DONE``."""
+    up to the one ending with ``DONE``, or up to ``deadline`` (Unix seconds) if that is first."""
 
-    def __init__(self, events: AsyncGenerator[bytes, None], headers: Mapping[str, str]) -> None:
+    def __init__(
+        self, events: AsyncGenerator[bytes, None], headers: Mapping[str, str],
+        deadline: float | None = None,
+    ) -> None:
         self.events = events
+        self.deadline = deadline
         self.raw_headers = [
             *((name.lower().encode("latin-1"), value.encode("latin-1"))
               for name, value in headers.items()),
@@ -36,16 +53,10 @@ class EventStream:
         assert sender is not None
         watcher = asyncio.create_task(_cancel_on_disconnect(receive, sender))
         try:
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": self.raw_headers})
-            async for event in self.events:
-                finished = event.endswith(DONE)
-                await send({"type": "http.response.body", "body": event,
-                            "more_body": not finished})
-                if finished:
-                    break
-            else:
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await self._send_all(send)
+        except TimeoutError:
+            log.warning("%s %s: the client did not read its stream; cut at the deadline",
+                        scope.get("method"), scope.get("path"))
         except asyncio.CancelledError:
             client_left = watcher.done() and not watcher.cancelled()
             # Swallow only our own cancellation; one from elsewhere (shutdown) goes on.
@@ -55,9 +66,58 @@ class EventStream:
             watcher.cancel()
             await self.events.aclose()
 
+    async def _send_all(self, send: Send) -> None:
+        """Send everything; ``TimeoutError`` when a write still waits at the deadline. Only
+        writes are timed: the events end by the deadline themselves (with a timeout error)."""
+        loop = asyncio.get_running_loop()
+        until = None if self.deadline is None else loop.time() + self.deadline - time.time()
+
+        async def write(message: Message) -> None:
+            async with asyncio.timeout_at(until):
+                await send(message)
+
+        await write({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        async for event in self.events:
+            finished = event.endswith(DONE)
+            await write({"type": "http.response.body", "body": event, "more_body": not finished})
+            if finished:
+                return
+        await write({"type": "http.response.body", "body": b"", "more_body": False})
+
 
 async def _cancel_on_disconnect(receive: Receive, sender: asyncio.Task[object]) -> None:
     """Cancel ``sender`` when the client disconnects (the request body was read already)."""
     while (await receive())["type"] != "http.disconnect":
         pass
     sender.cancel()
+
+
+class StreamSlots:
+    """How many streams each API token has open, up to ``per_token`` (in this gateway)."""
+
+    def __init__(self, per_token: int) -> None:
+        self.per_token = per_token
+        self._open: collections.Counter[str] = collections.Counter()
+
+    def hold(self, token_id: str) -> Callable[[], None]:
+        """Count one more stream of ``token_id`` (429 beyond the cap); call what it returns,
+        once or more, when the stream is over."""
+        if self._open[token_id] >= self.per_token:
+            plural = "stream" if self.per_token == 1 else "streams"
+            raise errors.ApiError(protocol.ErrorInfo(
+                f"This API key has {self.per_token} {plural} open already, the most it may "
+                "hold at once; wait for one to end.", type="requests", code="too_many_streams",
+                status=429,
+            ), headers={"Retry-After": "1"})
+        self._open[token_id] += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self._open[token_id] -= 1
+                if not self._open[token_id]:
+                    del self._open[token_id]
+
+        return release

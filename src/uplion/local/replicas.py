@@ -184,7 +184,9 @@ class InProcessReplicas(Replicas):
 
 
 class ProcessReplicas(Replicas):
-    """Workers as ``uplion worker`` processes on a shared broker (Redis)."""
+    """Workers as ``uplion worker`` processes on a shared broker (Redis). The broker URL, which
+    may carry a password, reaches them in their environment (``UPLION_BROKER_URL``), never in
+    their command line, which every user of the machine can read."""
 
     def __init__(
         self, source: broker.Broker, spec: ModelSpec, broker_url: str, state_dir: Path
@@ -217,9 +219,9 @@ class ProcessReplicas(Replicas):
         with log_file.open("ab") as out:
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "uplion", "worker", "--model",
-                label, "--models", str(models_file),
-                "--broker", self.broker_url, "--name", name,
+                label, "--models", str(models_file), "--name", name,
                 stdout=out, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+                env={**os.environ, "UPLION_BROKER_URL": self.broker_url},
             )
         self._processes.append(process)
         self._started[process.pid] = time.monotonic()

@@ -67,6 +67,7 @@ class LocalPlatform:
             backends.broker, self.catalog, principals=backends.principals,
             admission=backends.admission, usage=backends.usage, accounts=backends.accounts,
             database=backends.database, deployments=self.deployments, lifespan=lifespan,
+            settings=self.settings,
         )
 
     @contextlib.asynccontextmanager

@@ -11,6 +11,7 @@ schema into that form; free-form maps (engine options) keep
 
 from __future__ import annotations
 
+import copy
 import sys
 from typing import Any
 
@@ -61,7 +62,7 @@ def structural(schema: dict[str, Any]) -> dict[str, Any]:
             elif key == "anyOf":
                 out[key] = [convert(sub) for sub in value]
             else:
-                out[key] = value
+                out[key] = copy.deepcopy(value)  # shared lists would become YAML anchors
         return out
 
     return convert(schema)

@@ -9,6 +9,12 @@ That shape's own model fields are understood too: ``{"type": "single", "bucket":
 "prefix": "models", "version": "v1"}`` means ``source: s3://b/models``, and a model sent without
 a name is served as ``md-<deployment id>``.
 
+Keys are not the API's to name: ``check_key_sources`` refuses engine options that read a
+worker's environment variables or files (``api_key_env``, ``api_key_file``), which an admin token
+could otherwise send as a bearer token to a URL of its choosing. Deployed upstream models read
+their keys from the keys folder (one machine) or from Secrets named in their AIModel (cluster);
+models files written by the machine's operator may still name variables and files.
+
 A backend also keeps each model's traffic split (``TrafficSplit``: the stable version, and a canary
 with its share of the requests that pin no version), so that a change survives a restart.
 """
@@ -55,6 +61,57 @@ def _model_fields(model: Any) -> tuple[Any, str | None]:
     deployment_id = new_deployment_id()
     fields["name"] = f"md-{deployment_id}"
     return fields, deployment_id
+
+
+KEY_SOURCE_OPTIONS = ("api_key_env", "api_key_file")
+"""Engine options that name a variable or a file of the worker to read a key from."""
+
+PROCESS_OPTIONS = ("command", "env")
+"""``openai-server`` options that choose the program a worker runs and its environment."""
+
+
+class KeySourceRefused(ValueError):
+    """An engine option given through the deployment API that would let the caller reach into
+    the worker: a variable or file to read a key from, a program to run or its environment.
+    ``param`` is its path in the request (``model.engine.options.accounts[0].api_key_env``)."""
+
+    def __init__(self, param: str, option: str) -> None:
+        if option in KEY_SOURCE_OPTIONS:
+            why = (
+                "it would read any environment variable or file of the worker and send it to "
+                "the model's base_url. Leave it out: on one machine an account's key is read "
+                "from the keys folder ($UPLION_DATA_DIR/keys/<account>); in a cluster, deploy "
+                "an AIModel whose engine.secretRefs names the Secret key of each account."
+            )
+        else:
+            why = (
+                "it would run any program in the worker, or set its environment. Name the "
+                "server in a models file (uplion run --models) or an AIModel, or deploy the "
+                "vllm preset, whose command is fixed."
+            )
+        super().__init__(f"The engine option '{option}' cannot be set through the deployment "
+                         f"API: {why}")
+        self.param = param
+
+
+def check_key_sources(model: ModelSpec) -> None:
+    """``KeySourceRefused`` for the first option the deployment API may not set: a key source
+    (at the top of the options, as ``openai-server`` takes them, or in an account of
+    ``accounts``), then a program or environment of ``openai-server`` or ``vllm``."""
+    options = model.engine.options
+    where = "model.engine.options"
+    for option in KEY_SOURCE_OPTIONS:
+        if option in options:
+            raise KeySourceRefused(f"{where}.{option}", option)
+    accounts = options.get("accounts")
+    for index, account in enumerate(accounts if isinstance(accounts, list) else []):
+        for option in KEY_SOURCE_OPTIONS:
+            if isinstance(account, dict) and option in account:
+                raise KeySourceRefused(f"{where}.accounts[{index}].{option}", option)
+    if model.engine.kind in ("openai-server", "vllm"):
+        for option in PROCESS_OPTIONS:
+            if option in options:
+                raise KeySourceRefused(f"{where}.{option}", option)
 
 
 class ResourceAmounts(BaseModel):

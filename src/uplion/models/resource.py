@@ -55,7 +55,7 @@ class SecretKeyRef(BaseModel):
     model_config = _CAMEL
 
     name: str = Field(min_length=1, description="Name of the Secret, in the AIModel's namespace.")
-    key: str = Field(min_length=1, description="Key in the Secret whose value is the API key.")
+    key: str = Field(min_length=1, description="Key in the Secret holding the value.")
 
 
 class AIModelEngine(EngineSpec):
@@ -133,13 +133,35 @@ class Toleration(BaseModel):
     toleration_seconds: int | None = Field(default=None, ge=0)
 
 
+_HOST_PORT = re.compile(r"^[A-Za-z0-9.-]+:[0-9]{1,5}$|^\[[0-9A-Fa-f:.]+\]:[0-9]{1,5}$")
+
+
 class Broker(BaseModel):
+    # Where the model's topic lives. The workers' URL (credentials and all) is read from a Secret
+    # (urlSecretRef); KEDA's Redis scaler needs the address, database and TLS, which are not
+    # secret, and takes its credentials from authenticationRef.
     model_config = _CAMEL
 
     kind: Literal["redis", "pulsar"] = Field(description="Redis Streams or Apache Pulsar.")
-    url: str = Field(
-        min_length=1, description="Broker URL for the workers: redis://host:6379/0 or "
-        "pulsar://host:6650.",
+    url_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="The Secret key holding the workers' broker URL "
+        "(redis://user:password@host:6379/0, or pulsar://host:6650?admin=...&tenant=..."
+        "&namespace=...); it reaches the workers as a secret reference.",
+    )
+    url: str | None = Field(
+        default=None, min_length=1, description="Discouraged (anyone who can read AIModels reads "
+        "it): the workers' broker URL as a plain value, kept for AIModels written before "
+        "urlSecretRef. Give urlSecretRef instead.",
+    )
+    address: str | None = Field(
+        default=None, description="Redis with urlSecretRef: host:port of the Redis, where KEDA "
+        "reads the topic's backlog.",
+    )
+    database: int = Field(
+        default=0, ge=0, description="Redis with urlSecretRef: the database index of the URL.",
+    )
+    tls: bool = Field(
+        default=False, description="Redis with urlSecretRef: the URL is rediss:// (TLS).",
     )
     admin_url: str | None = Field(
         default=None, description="Pulsar only: the admin REST API, e.g. http://host:8080."
@@ -147,13 +169,28 @@ class Broker(BaseModel):
     tenant: str = Field(default="public", description="Pulsar only: the topics' tenant.")
     namespace: str = Field(default="default", description="Pulsar only: the topics' namespace.")
     authentication_ref: str | None = Field(
-        default=None, description="Name of a KEDA TriggerAuthentication for the broker, if any."
+        default=None, description="Name of a KEDA TriggerAuthentication for the broker, if any "
+        "(Redis: the username and password of an account that may read the topics).",
     )
 
     @model_validator(mode="after")
-    def _pulsar_admin(self) -> Broker:
+    def _consistent(self) -> Broker:
         if self.kind == "pulsar" and not self.admin_url:
             raise ValueError("broker.adminUrl is required for pulsar")
+        if self.url is not None and self.url_secret_ref is not None:
+            raise ValueError("give broker.urlSecretRef or broker.url (discouraged), not both")
+        if self.url is None and self.url_secret_ref is None:
+            raise ValueError("broker.urlSecretRef is required: the Secret key holding the "
+                             "workers' broker URL")
+        if self.url is not None and self.address is not None:
+            raise ValueError("broker.address is used only with urlSecretRef (a plain url names "
+                             "its own address)")
+        if self.kind == "redis" and self.url_secret_ref is not None:
+            if self.address is None:
+                raise ValueError("broker.address (host:port) is required with a Redis "
+                                 "urlSecretRef: KEDA reads the topic's backlog there")
+            if not _HOST_PORT.match(self.address):
+                raise ValueError(f"broker.address must be host:port, not {self.address!r}")
         return self
 
 

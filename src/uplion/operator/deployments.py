@@ -4,7 +4,8 @@ The object is named from the model's name and version (a DNS label) and that nam
 deployment's id. Its spec comes from the request: ``type: gpu`` puts ``gpus`` in
 ``resources.gpus``, ``request_res``/``limit_res`` become ``resources.requests``/``limits``,
 ``replicas`` becomes ``replicas.min``; the image and the broker are the backend's (the cluster's
-settings). ``created_at`` is the object's ``creationTimestamp``; ``updated_at`` the annotation
+settings: ``workers_broker`` makes the broker a Secret reference, never the gateway's URL with its
+credentials). ``created_at`` is the object's ``creationTimestamp``; ``updated_at`` the annotation
 ``uplion.ai/updated-at`` written on every change. The operator does the rest.
 
 A model's traffic split lives in one of its AIModels (``traffic_holder``): ``spec.version`` is the
@@ -16,9 +17,11 @@ from __future__ import annotations
 
 import hashlib
 import re
+import urllib.parse
 from datetime import UTC, datetime
 from typing import Any
 
+from uplion.broker import pulsar_names
 from uplion.models import resource
 from uplion.models.deployment import (
     Deployment,
@@ -44,6 +47,36 @@ def object_name(name: str, version: str) -> str:
         return label
     digest = hashlib.sha256(f"{name}@{version}".encode()).hexdigest()[:8]
     return f"{label[: _MAX_NAME - 9].strip('-')}-{digest}"
+
+
+def workers_broker(
+    broker_url: str, url_secret: str, authentication_ref: str | None = None
+) -> resource.Broker:
+    """The broker of the AIModels a cluster gateway creates: the gateway's own (Redis Streams or
+    Pulsar), whose workers read their URL from ``url_secret`` (``<secret>/<key>``, the setting
+    ``UPLION_WORKERS_BROKER_SECRET``). Only what KEDA needs is taken from the gateway's URL: the
+    Redis address, database and TLS, or Pulsar's admin URL, tenant and namespace."""
+    name, slash, key = url_secret.partition("/")
+    if not name or not slash or not key or "/" in key:
+        raise ValueError("UPLION_WORKERS_BROKER_SECRET must be <secret>/<key>: the Secret key "
+                         f"holding the workers' broker URL, not {url_secret!r}")
+    ref = resource.SecretKeyRef(name=name, key=key)
+    if broker_url.split(":", 1)[0] in pulsar_names.SCHEMES:
+        pulsar = pulsar_names.parse_url(broker_url)
+        return resource.Broker(
+            kind="pulsar", url_secret_ref=ref, admin_url=pulsar.admin_url, tenant=pulsar.tenant,
+            namespace=pulsar.namespace, authentication_ref=authentication_ref,
+        )
+    url = urllib.parse.urlsplit(broker_url)
+    if url.scheme not in ("redis", "rediss") or not url.hostname:
+        raise ValueError("a cluster gateway's broker must be redis://, rediss:// or pulsar:// "
+                         f"with a host, not {url.scheme}://{url.hostname or ''}")
+    host = f"[{url.hostname}]" if ":" in url.hostname else url.hostname
+    return resource.Broker(
+        kind="redis", url_secret_ref=ref, address=f"{host}:{url.port or 6379}",
+        database=int(url.path.strip("/") or 0), tls=url.scheme == "rediss",
+        authentication_ref=authentication_ref,
+    )
 
 
 def _amounts(amounts: ResourceAmounts) -> dict[str, int | str]:

@@ -5,7 +5,9 @@ KEDA ScaledObject on the track's topic. One ConfigMap holds the models file both
 Every object carries an owner reference to the AIModel, so deleting it removes them all.
 
 Workers run ``uplion worker --model NAME@VERSION --models /etc/uplion/models.yaml``; the broker
-URL and the upstream API keys come from the environment. A model with a ``source`` gets an init
+URL and the upstream API keys come from the environment, read from the Secrets the AIModel names
+(``broker.urlSecretRef``, ``engine.secretRefs``): never a plain value in a manifest (except the
+discouraged ``broker.url`` of older AIModels). A model with a ``source`` gets an init
 container, ``uplion fetch-model``, with the same image, environment and credentials, which fetches
 the artifact into the model cache volume (an ``emptyDir`` by default; a ``hostPath`` or a claim
 shared by replicas when ``modelCache`` says so) and links it at ``MODEL_LINK``; the worker reads
@@ -145,13 +147,19 @@ def worker_config_map(aimodel: Mapping[str, Any], namespace: str) -> dict[str, A
     }
 
 
-def _broker_url(broker: resource.Broker) -> str:
-    """The workers' broker URL: on Pulsar it carries the AIModel's admin URL, tenant, namespace."""
-    if broker.kind == "redis" or broker.admin_url is None:
-        return broker.url
-    return pulsar_names.with_options(
-        broker.url, admin=broker.admin_url, tenant=broker.tenant, namespace=broker.namespace
-    )
+def _broker_url(broker: resource.Broker) -> dict[str, Any]:
+    """The workers' ``UPLION_BROKER_URL``: a reference to its Secret key, or (discouraged) the
+    plain URL, which on Pulsar carries the AIModel's admin URL, tenant and namespace."""
+    name = "UPLION_BROKER_URL"
+    ref = broker.url_secret_ref
+    if ref is not None:
+        return {"name": name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+    url = broker.url or ""
+    if broker.kind == "pulsar" and broker.admin_url is not None:
+        url = pulsar_names.with_options(
+            url, admin=broker.admin_url, tenant=broker.tenant, namespace=broker.namespace
+        )
+    return {"name": name, "value": url}
 
 
 def model_link(name: str, version: str) -> str:
@@ -164,7 +172,7 @@ def _env(spec: resource.AIModelSpec) -> list[dict[str, Any]]:
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "POD_NAMESPACE",
          "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
-        {"name": "UPLION_BROKER_URL", "value": _broker_url(spec.broker)},
+        _broker_url(spec.broker),
         {"name": "UPLION_HEALTH_PORT", "value": str(HEALTH_PORT)},
         {"name": "HOME", "value": "/tmp"},
         {"name": "XDG_CACHE_HOME", "value": CACHE_DIR},
@@ -331,17 +339,27 @@ def worker_deployment(
     }
 
 
-def _redis_triggers(spec: resource.AIModelSpec, topic: str) -> list[dict[str, Any]]:
-    url = urllib.parse.urlsplit(spec.broker.url)
+def _redis_location(broker: resource.Broker) -> tuple[str, str, bool]:
+    """Where KEDA finds the Redis: address, database index and TLS; from the spec, or from the
+    plain URL of an older AIModel (its credentials left out)."""
+    if broker.url is None:
+        return broker.address or "", str(broker.database), broker.tls
+    url = urllib.parse.urlsplit(broker.url)
     if url.scheme not in ("redis", "rediss") or not url.hostname:
-        raise ValueError(f"KEDA needs a redis:// or rediss:// URL with a host: {spec.broker.url}")
+        raise ValueError("KEDA needs a redis:// or rediss:// URL with a host, not "
+                         f"{url.scheme}://{url.hostname or ''}")
+    return f"{url.hostname}:{url.port or 6379}", url.path.strip("/") or "0", url.scheme == "rediss"
+
+
+def _redis_triggers(spec: resource.AIModelSpec, topic: str) -> list[dict[str, Any]]:
+    address, database, tls = _redis_location(spec.broker)
     metadata = {
-        "address": f"{url.hostname}:{url.port or 6379}",
+        "address": address,
         "stream": REDIS_STREAM_PREFIX + topic,
         "consumerGroup": protocol.WORKER_GROUP,
-        "databaseIndex": url.path.strip("/") or "0",
+        "databaseIndex": database,
     }
-    if url.scheme == "rediss":
+    if tls:
         metadata["enableTLS"] = "true"
     target = str(spec.replicas.target_backlog)
     return [

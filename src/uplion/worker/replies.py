@@ -3,6 +3,9 @@
 Parts carry protocol-shaped ``data`` (OpenAI ``choices``, embedding ``data``, v2 ``outputs``); the
 gateway adds the envelope (ids, model name, timestamps). A streaming task yields one part per text
 delta; a non-streaming task yields only its final part.
+
+Generation never goes past the task's ``max_tokens`` (what the gateway reserved): it caps the
+request's own. ``Progress`` counts what was produced so far, which a cancelled task reports.
 """
 
 from __future__ import annotations
@@ -26,27 +29,66 @@ class Part:
     usage: protocol.Usage | None = None
 
 
-def answer(engine: base.Engine, task: protocol.Task, serves: Serves) -> AsyncIterator[Part]:
+class Progress:
+    """What an answer has produced so far: the engine's counts for the generations it finished
+    (the prompt included, which engines count only at the end), and one completion token per
+    text delta of the generation under way."""
+
+    def __init__(self) -> None:
+        self._done = protocol.Usage()
+        self._deltas = 0
+
+    def count(self, delta: base.TextDelta) -> None:
+        if delta.usage is not None:
+            self._done = protocol.Usage(
+                self._done.prompt_tokens + delta.usage.prompt_tokens,
+                self._done.completion_tokens + delta.usage.completion_tokens,
+            )
+            self._deltas = 0
+        elif delta.text:
+            self._deltas += 1
+
+    @property
+    def usage(self) -> protocol.Usage:
+        return protocol.Usage(self._done.prompt_tokens, self._done.completion_tokens + self._deltas)
+
+
+@dataclass(frozen=True, slots=True)
+class _Run:
+    """What every generation of one task shares: its engine, its cap, its progress."""
+
+    engine: base.Engine
+    cap: int | None
+    progress: Progress
+
+
+def answer(
+    engine: base.Engine, task: protocol.Task, serves: Serves, progress: Progress
+) -> AsyncIterator[Part]:
     """The parts of the reply to ``task``; raises ``base.Unsupported`` or ``base.EngineError``.
 
-    ``serves`` (what the model serves) decides what a v2 inference runs and returns.
+    ``serves`` (what the model serves) decides what a v2 inference runs and returns;
+    ``progress`` follows what was generated.
     """
+    run = _Run(engine, task.max_tokens, progress)
     match task.protocol:
         case protocol.Protocol.OPENAI_CHAT:
-            return _chat(engine, schemas.parse(task.payload, schemas.ChatRequest), task.stream)
+            return _chat(run, schemas.parse(task.payload, schemas.ChatRequest), task.stream)
         case protocol.Protocol.OPENAI_COMPLETION:
             request = schemas.parse(task.payload, schemas.CompletionRequest)
-            return _completion(engine, request, task.stream)
+            return _completion(run, request, task.stream)
         case protocol.Protocol.OPENAI_EMBEDDING:
             return _embedding(engine, schemas.parse(task.payload, schemas.EmbeddingRequest))
         case protocol.Protocol.KSERVE_V2:
-            return _v2_infer(engine, schemas.parse(task.payload, schemas.V2InferRequest), serves)
+            return _v2_infer(run, schemas.parse(task.payload, schemas.V2InferRequest), serves)
 
 
 def _params(
-    max_tokens: int | None, temperature: float | None, top_p: float | None,
+    run: _Run, max_tokens: int | None, temperature: float | None, top_p: float | None,
     stop: schemas.Stop, seed: int | None,
 ) -> base.GenerationParams:
+    if run.cap is not None:
+        max_tokens = run.cap if max_tokens is None else min(max_tokens, run.cap)
     return base.GenerationParams(
         max_tokens=max_tokens,
         temperature=1.0 if temperature is None else temperature,
@@ -56,17 +98,16 @@ def _params(
     )
 
 
-async def _chat(
-    engine: base.Engine, request: schemas.ChatRequest, stream: bool
-) -> AsyncIterator[Part]:
+async def _chat(run: _Run, request: schemas.ChatRequest, stream: bool) -> AsyncIterator[Part]:
     params = _params(
-        request.max_completion_tokens or request.max_tokens, request.temperature,
+        run, request.max_completion_tokens or request.max_tokens, request.temperature,
         request.top_p, request.stop, request.seed,
     )
     messages = [msgspec_to_dict(message) for message in request.messages]
     pieces: list[str] = []
     first = True
-    async for delta in engine.chat(messages, params):
+    async for delta in run.engine.chat(messages, params):
+        run.progress.count(delta)
         if delta.finish_reason is None:
             if stream:
                 content: dict[str, Any] = {"content": delta.text}
@@ -97,16 +138,17 @@ def _choice_delta(delta: dict[str, Any], finish_reason: str | None) -> dict[str,
 
 
 async def _completion(
-    engine: base.Engine, request: schemas.CompletionRequest, stream: bool
+    run: _Run, request: schemas.CompletionRequest, stream: bool
 ) -> AsyncIterator[Part]:
     params = _params(
-        request.max_tokens, request.temperature, request.top_p, request.stop, request.seed
+        run, request.max_tokens, request.temperature, request.top_p, request.stop, request.seed
     )
     prompt = request.prompt_text
     pieces: list[str] = [prompt] if request.echo else []
     if stream and request.echo:
         yield Part({"choices": [_choice_text(prompt, None)]})
-    async for delta in engine.complete(prompt, params):
+    async for delta in run.engine.complete(prompt, params):
+        run.progress.count(delta)
         if stream:
             yield Part(
                 {"choices": [_choice_text(delta.text, delta.finish_reason)]},
@@ -167,12 +209,13 @@ def declared_tensors(
 
 
 async def _v2_infer(
-    engine: base.Engine, request: schemas.V2InferRequest, serves: Serves
+    run: _Run, request: schemas.V2InferRequest, serves: Serves
 ) -> AsyncIterator[Part]:
     """v2 inference (see docs/api.md): tensor models get the checked input arrays; text models
     take the first BYTES input as their texts. Outputs are those asked for, binary or JSON."""
     from uplion.worker import tensors  # numpy: the local extras, only needed for v2
 
+    engine = run.engine
     inputs, outputs = declared_tensors(engine.info, serves)
     tensors.check_outputs(request, outputs)
     if serves == "tensor":
@@ -194,25 +237,26 @@ async def _v2_infer(
                     outputs[1].name: tensors.fp32([score for _, score in best])}
         usage = protocol.Usage(prompt_tokens=ranked.prompt_tokens)
     else:
-        answers, usage = await _generate(engine, request, texts)
+        answers, usage = await _generate(run, request, texts)
         produced = {outputs[0].name: tensors.strings(answers)}
     yield Part({"outputs": tensors.select(request, produced, outputs)}, True, usage)
 
 
 async def _generate(
-    engine: base.Engine, request: schemas.V2InferRequest, texts: list[str]
+    run: _Run, request: schemas.V2InferRequest, texts: list[str]
 ) -> tuple[list[str], protocol.Usage]:
     source = next(t for t in request.inputs if t.datatype == "BYTES")
     options = {**(request.parameters or {}), **(source.parameters or {})}
     params = _params(
-        _int_option(options, "max_tokens"), _float_option(options, "temperature"),
+        run, _int_option(options, "max_tokens"), _float_option(options, "temperature"),
         _float_option(options, "top_p"), None, _int_option(options, "seed"),
     )
     answers: list[str] = []
     usage = protocol.Usage()
     for text in texts:
         pieces: list[str] = []
-        async for delta in engine.complete(text, params):
+        async for delta in run.engine.complete(text, params):
+            run.progress.count(delta)
             pieces.append(delta.text)
             if delta.usage is not None:
                 usage = protocol.Usage(

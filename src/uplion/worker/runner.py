@@ -5,6 +5,14 @@ many tasks as it has free slots. A task is acknowledged after its last chunk is 
 worker takes nothing new, finishes what it holds (drain) and gives back anything it could not
 start, so no task is lost.
 
+The broker may go away: every broker call is retried with backoff (``outage``), the model stays
+loaded, and the loop resumes when the broker answers again. Replies are sent again until the
+task's deadline (the gateway drops a chunk it has already seen). A task delivered more than
+``broker.MAX_DELIVERIES`` times (its workers died holding it) is not run: the request fails with
+a 502 ``task_redelivered_too_often``. A task claimed by another worker (this one stalled past the
+visibility timeout) is stopped and answered no more; a task its client cancelled is stopped and
+its reply ends with what was produced until then (``client_cancelled``, for billing).
+
 Every ``HEARTBEAT_S`` the worker announces its status (running, degraded, with its slots, and
 what its model says about itself: ``protocol.ModelInfo``, the gateway's v2 metadata). An
 unrecoverable engine failure (bad configuration, every upstream key refused) is announced as
@@ -15,16 +23,18 @@ its model fails fast at the gateway instead of failing each request slowly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 
 from uplion import broker, protocol
 from uplion.models import ModelSpec
 from uplion.models.spec import Serves
-from uplion.worker import replies
+from uplion.worker import outage, replies
 from uplion.worker.engines import base
 
 log = logging.getLogger(__name__)
@@ -62,7 +72,9 @@ class Worker:
         self.topic = protocol.topic_for(spec.name, spec.version)
         self._consumer = source.consumer(self.topic, protocol.WORKER_GROUP, self.name)
         self._running: dict[str, asyncio.Task[None]] = {}
-        self._client_cancelled: set[str] = set()
+        self._answering: set[str] = set()  # tasks a cancellation may still stop
+        self._stopped: dict[str, str] = {}  # task id -> why it was stopped: "client" or "lost"
+        self._outage = outage.Outage(log, self.name)
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
         self._deliveries = 0
@@ -97,9 +109,12 @@ class Worker:
 
     async def run(self) -> None:
         """Take and answer tasks until ``stop`` is called (or the engine fails); then drain."""
-        await self.broker.subscribe_cancellations(self._on_cancel)
+        self._consumer.on_lost(self._on_lost)
+        await self._until_done("follow cancellations",
+                               lambda: self.broker.subscribe_cancellations(self._on_cancel))
         log.info("worker %s serving %s with %d slots", self.name, self.topic, self.spec.concurrency)
         heartbeat = asyncio.create_task(self._heartbeat(), name=f"heartbeat-{self.name}")
+        backoff = outage.Backoff()
         try:
             while not self._stopping.is_set():
                 free = self.spec.concurrency - len(self._running)
@@ -109,16 +124,23 @@ class Worker:
                     continue
                 # A stop is noticed when the take returns, within _TAKE_TIMEOUT_S: interrupting a
                 # take could strand tasks the broker handed out but the worker never saw.
-                deliveries = await self._consumer.take(free, _TAKE_TIMEOUT_S)
+                try:
+                    deliveries = await self._consumer.take(free, _TAKE_TIMEOUT_S)
+                except Exception as error:  # the broker is down: wait it out, model loaded
+                    self._outage.failed("take tasks", error)
+                    await self._pause(backoff.next())
+                    continue
+                backoff.reset()
+                self._outage.over()
                 for delivery in deliveries:
                     if self._stopping.is_set():
-                        await self._consumer.release(delivery)
+                        await self._release(delivery)
                     else:
                         self._start(delivery)
         finally:
             heartbeat.cancel()
             await self._drain()
-            await self._announce("failed" if self.failure else "stopped")
+            await self._announce_quietly("failed" if self.failure else "stopped")
 
     async def fail(self, failure: base.Unrecoverable) -> None:
         """The engine cannot serve: announce it and stop taking tasks."""
@@ -127,7 +149,25 @@ class Worker:
                       failure.reason, failure.message)
         self.failure = failure
         self.stop()
-        await self._announce("failed")
+        await self._announce_quietly("failed")
+
+    async def _until_done(self, doing: str, call: Callable[[], Awaitable[None]]) -> None:
+        """Run ``call`` until the broker takes it (or the worker stops)."""
+        backoff = outage.Backoff()
+        while not self._stopping.is_set():
+            try:
+                await call()
+            except Exception as error:
+                self._outage.failed(doing, error)
+                await self._pause(backoff.next())
+            else:
+                self._outage.over()
+                return
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep ``seconds``, or less if the worker is stopped meanwhile."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
 
     async def _heartbeat(self) -> None:
         while True:
@@ -137,11 +177,18 @@ class Worker:
                 await self.fail(failure)
                 return
             state: protocol.WorkerState = "running" if health.state == "ok" else "degraded"
-            try:
-                await self._announce(state, message=health.message)
-            except Exception as error:  # a broker hiccup must not stop the worker
-                log.warning("worker %s could not announce its status: %s", self.name, error)
+            await self._announce_quietly(state, message=health.message)
             await asyncio.sleep(HEARTBEAT_S)
+
+    async def _announce_quietly(
+        self, state: protocol.WorkerState, message: str | None = None
+    ) -> None:
+        """Announce the worker's status; a broker that cannot take it is an outage, not a fault
+        (the next heartbeat says it again)."""
+        try:
+            await self._announce(state, message)
+        except Exception as error:
+            self._outage.failed("announce its status", error)
 
     async def _announce(self, state: protocol.WorkerState, message: str | None = None) -> None:
         failure = self.failure
@@ -182,35 +229,98 @@ class Worker:
         self._slot_freed.set()
 
     def _on_cancel(self, task_id: str) -> None:
-        running = self._running.get(task_id)
-        if running is not None:
+        if self._stop(task_id, "client"):
             log.info("task %s cancelled by its client", task_id)
-            self._client_cancelled.add(task_id)
-            running.cancel()
+
+    def _on_lost(self, task_id: str) -> None:
+        if self._stop(task_id, "lost"):
+            log.warning("task %s was claimed by another worker (this one stalled past the "
+                        "visibility timeout); stopping it", task_id)
+
+    def _stop(self, task_id: str, why: str) -> bool:
+        """Stop answering ``task_id`` (if it still is answered here, and not stopped already)."""
+        running = self._running.get(task_id)
+        if running is None or task_id not in self._answering or task_id in self._stopped:
+            return False
+        self._stopped[task_id] = why
+        running.cancel()
+        return True
 
     async def _handle(self, delivery: broker.Delivery) -> None:
         task = delivery.task
         self._deliveries += 1
-        sender = _Sender(self.broker, task, f"{self.name}/{self._deliveries}")
+        sender = _Sender(self.broker, delivery, f"{self.name}/{self._deliveries}", self._outage)
+        progress = replies.Progress()
+        self._answering.add(task.id)
         try:
-            if task.expired():
+            if delivery.attempt > broker.MAX_DELIVERIES:
+                log.warning("task %s was delivered %d times without an answer; failing it",
+                            task.id, delivery.attempt - 1)
+                await sender.fail(_redelivered_too_often(delivery.attempt - 1))
+            elif task.expired():
                 log.info("task %s expired in the queue; dropped", task.id)
             else:
-                await asyncio.wait_for(self._answer(task, sender), task.deadline - time.time())
+                await asyncio.wait_for(self._answer(task, sender, progress),
+                                       task.deadline - time.time())
         except asyncio.CancelledError:
-            if task.id not in self._client_cancelled:
+            self._answering.discard(task.id)
+            why = self._stopped.pop(task.id, None)
+            if why is None:
                 # Interrupted by shutdown, not by the client: another worker answers it.
-                await self._consumer.release(delivery)
+                await self._release(delivery)
                 raise
-            self._client_cancelled.discard(task.id)
+            running = asyncio.current_task()
+            assert running is not None
+            running.uncancel()
+            if why == "lost":  # another worker answers it now: send nothing, keep off
+                return
+            await self._report_cancelled(sender, progress.usage)
         except TimeoutError:
             log.info("task %s passed its deadline while running", task.id)
-        await self._consumer.ack(delivery)
+        except _Undeliverable as error:
+            log.warning("task %s: %s", task.id, error)
+        self._answering.discard(task.id)
+        self._stopped.pop(task.id, None)  # a stop that came as the answer ended
+        await self._ack(delivery)
 
-    async def _answer(self, task: protocol.Task, sender: _Sender) -> None:
+    async def _report_cancelled(self, sender: _Sender, usage: protocol.Usage) -> None:
+        """End the reply with what was produced, so that the gateway bills it (it waits for
+        this ``CANCEL_REPORT_GRACE_S``; the send is retried no longer than that)."""
+        try:
+            await sender.fail(protocol.ErrorInfo(
+                "The client cancelled the request.", type="cancelled", code="client_cancelled",
+                status=499,
+            ), usage=usage, within_s=protocol.CANCEL_REPORT_GRACE_S)
+        except _Undeliverable as error:
+            log.warning("task %s: %s", sender.task.id, error)
+
+    async def _ack(self, delivery: broker.Delivery) -> None:
+        try:
+            owned = await self._consumer.ack(delivery)
+        except Exception as error:
+            self._outage.failed("acknowledge a task", error)
+            log.warning("task %s: the ack failed (%s); the broker may deliver it again, and "
+                        "its gateway ignores a second answer", delivery.task.id, error)
+            return
+        if not owned:
+            log.warning("task %s was answered, but another worker owns it now (this one "
+                        "stalled past the visibility timeout); the ack is ignored",
+                        delivery.task.id)
+
+    async def _release(self, delivery: broker.Delivery) -> None:
+        try:
+            await self._consumer.release(delivery)
+        except Exception as error:
+            self._outage.failed("give a task back", error)
+            log.warning("task %s could not be given back (%s); the broker delivers it again "
+                        "after its visibility timeout", delivery.task.id, error)
+
+    async def _answer(
+        self, task: protocol.Task, sender: _Sender, progress: replies.Progress
+    ) -> None:
         sender.queue_wait_s = max(0.0, time.time() - task.created)
         try:
-            async for part in replies.answer(self.engine, task, self.serves):
+            async for part in replies.answer(self.engine, task, self.serves, progress):
                 await sender.send(part)
         except base.Unsupported as exc:
             await sender.fail(protocol.ErrorInfo(
@@ -225,6 +335,8 @@ class Worker:
                 code="model_failed", status=503,
             ))
             await self.fail(failure)
+        except _Undeliverable:
+            raise
         except Exception:
             log.exception("task %s failed in engine %s", task.id, type(self.engine).__name__)
             await sender.fail(protocol.ErrorInfo(
@@ -233,13 +345,33 @@ class Worker:
             ))
 
 
-class _Sender:
-    """Numbers the chunks of one delivery and sends them to the task's gateway."""
+def _redelivered_too_often(times: int) -> protocol.ErrorInfo:
+    return protocol.ErrorInfo(
+        f"The task was delivered {times} times and its workers never answered (each one "
+        "stopped while holding it: a crash, an out-of-memory kill or a lost node); it is not "
+        "run again. The request may be too large for the model's workers.",
+        code="task_redelivered_too_often", status=502,
+    )
 
-    def __init__(self, target: broker.Broker, task: protocol.Task, delivery: str) -> None:
+
+class _Undeliverable(Exception):
+    """A reply could not be sent before its deadline: the broker stayed unreachable."""
+
+
+class _Sender:
+    """Numbers the chunks of one delivery and sends them to the task's gateway, again and again
+    while the broker is unreachable, until the task's deadline (a chunk that did arrive before a
+    failed send is dropped as a repeat by the gateway)."""
+
+    def __init__(
+        self, target: broker.Broker, delivery: broker.Delivery, name: str,
+        broker_outage: outage.Outage,
+    ) -> None:
         self.broker = target
-        self.task = task
-        self.delivery = delivery
+        self.task = delivery.task
+        self.attempt = delivery.attempt
+        self.delivery = name
+        self.outage = broker_outage
         self.seq = 0
         self.queue_wait_s: float | None = None
 
@@ -247,15 +379,33 @@ class _Sender:
         kind: protocol.ChunkKind = "final" if part.final else "data"
         await self._emit(protocol.Chunk(
             self.task.id, self.delivery, self.seq, kind, data=part.data, usage=part.usage,
-            queue_wait_s=self.queue_wait_s if self.seq == 0 else None,
-        ))
+            queue_wait_s=self.queue_wait_s if self.seq == 0 else None, attempt=self.attempt,
+        ), self.task.deadline)
 
-    async def fail(self, error: protocol.ErrorInfo) -> None:
+    async def fail(
+        self, error: protocol.ErrorInfo, usage: protocol.Usage | None = None,
+        within_s: float | None = None,
+    ) -> None:
+        until = self.task.deadline if within_s is None else time.time() + within_s
         await self._emit(protocol.Chunk(
-            self.task.id, self.delivery, self.seq, "error", error=error,
-            queue_wait_s=self.queue_wait_s if self.seq == 0 else None,
-        ))
+            self.task.id, self.delivery, self.seq, "error", error=error, usage=usage,
+            queue_wait_s=self.queue_wait_s if self.seq == 0 else None, attempt=self.attempt,
+        ), until)
 
-    async def _emit(self, chunk: protocol.Chunk) -> None:
-        await self.broker.send_reply(self.task.reply_to, chunk)
-        self.seq += 1
+    async def _emit(self, chunk: protocol.Chunk, until: float) -> None:
+        backoff = outage.Backoff()
+        while True:
+            try:
+                await self.broker.send_reply(self.task.reply_to, chunk)
+            except Exception as error:
+                self.outage.failed("send a reply", error)
+                delay = backoff.next()
+                if time.time() + delay >= until:
+                    raise _Undeliverable(
+                        f"a reply chunk could not be sent in time: the broker stayed "
+                        f"unreachable ({error})"
+                    ) from error
+                await asyncio.sleep(delay)
+            else:
+                self.seq += 1
+                return

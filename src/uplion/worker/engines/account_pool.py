@@ -6,8 +6,14 @@ account is busy. An account is ``ready``, ``cooling`` (told to slow down by a 42
 or ``dead`` (its key was refused with a 401/403). A dead account is re-tested in the background
 with a cheap probe, its key read again each time, so fixing a key file or variable heals it.
 
+A request's own 401/403 proves nothing about the key (the provider may refuse that request, that
+model, that content): ``verify`` asks the probe with the key, once for all the requests refused
+at that moment, and only its ``refused`` verdict lets the caller retire the account.
+
 Keys are read from environment variables or files, never from the models file; they are kept out
-of reprs and logs, which name accounts only.
+of reprs and logs, which name accounts only. An account that names neither reads the file of its
+name in the keys folder (``$UPLION_DATA_DIR/keys/<account>``; in a cluster, the operator turns
+the AIModel's ``engine.secretRefs`` into variables).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +41,9 @@ COOLDOWN_CAP_S = 60.0
 Probe = Callable[[str], Awaitable[int]]
 """Asks the upstream something cheap with a key; the HTTP status it answered."""
 
+Verdict = Literal["refused", "accepted", "unknown"]
+"""What a probe says of a key: refused (401/403), accepted, or unknown (no answer, a 5xx)."""
+
 
 class KeyUnavailable(Exception):
     """An account's key cannot be read (variable unset or empty, file missing or empty)."""
@@ -45,10 +55,12 @@ class AllAccountsDead(Exception):
 
 @dataclass(frozen=True, slots=True)
 class KeySource:
-    """Where an account's key is read from: an environment variable or a file (one of the two)."""
+    """Where an account's key is read from: an environment variable or a file (one of the two);
+    ``in_keys_folder`` when the file is the account's default, in the keys folder."""
 
     env: str | None = None
     file: Path | None = None
+    in_keys_folder: bool = False
 
     def read(self) -> str:
         if self.env is not None:
@@ -61,6 +73,11 @@ class KeySource:
         try:
             key = self.file.read_text().strip()
         except OSError as error:
+            if self.in_keys_folder:
+                raise KeyUnavailable(
+                    f"no key: write it to {self.file} (one machine), or name a Secret key for "
+                    "the account in the AIModel's engine.secretRefs (cluster)"
+                ) from None
             raise KeyUnavailable(
                 f"key file {self.file} cannot be read ({error.strerror or error})"
             ) from None
@@ -180,6 +197,7 @@ class AccountPool:
         self._probe = probe
         self._changed = asyncio.Event()
         self._retests: dict[str, asyncio.Task[None]] = {}
+        self._verifying: dict[tuple[str, str], asyncio.Task[Verdict]] = {}
 
     def read_keys(self) -> None:
         """Read every account's key; raise ``KeyUnavailable`` naming each one that failed."""
@@ -292,8 +310,32 @@ class AccountPool:
         # Waiters must learn at once when the last live account died.
         self.notify()
 
+    async def verify(self, account: Account, key: str) -> Verdict:
+        """Probe ``key`` of ``account`` after a request was refused with it; the requests
+        refused at the same moment share one probe. Retires nothing: the caller decides."""
+        slot = (account.name, key)
+        probing = self._verifying.get(slot)
+        if probing is None:
+            probing = asyncio.create_task(self._verdict(key), name=f"verify-{account.name}")
+            self._verifying[slot] = probing
+            probing.add_done_callback(lambda _: self._verifying.pop(slot, None))
+        verdict = await asyncio.shield(probing)
+        log.info("account %s: probe after a refused request says the key is %s",
+                 account.name, verdict)
+        return verdict
+
+    async def _verdict(self, key: str) -> Verdict:
+        try:
+            status = await self._probe(key)
+        except Exception as error:  # unreachable upstream: nothing is known of the key
+            log.warning("probe failed (%s)", type(error).__name__)
+            return "unknown"
+        if status in (401, 403):
+            return "refused"
+        return "unknown" if status >= 500 else "accepted"
+
     async def close(self) -> None:
-        tasks = list(self._retests.values())
+        tasks = [*self._retests.values(), *self._verifying.values()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -2,7 +2,9 @@
 
 Options: ``base_url`` (the provider's API root, e.g. ``https://api.openai.com/v1``), ``model``
 (the upstream model name), ``accounts`` (a list of ``{name, api_key_env | api_key_file,
-max_concurrency, requests_per_minute, tokens_per_minute}``), ``timeout_s`` (the longest wait for
+max_concurrency, requests_per_minute, tokens_per_minute}``; without ``api_key_env`` or
+``api_key_file`` the key is the file ``<keys folder>/<name>``: ``keys_dir``, by default
+``$UPLION_DATA_DIR/keys``), ``timeout_s`` (the longest wait for
 each upstream read, and for a request to find an account across its tries), ``max_attempts`` and
 ``retest_interval_s`` (how often a refused key is tried again). Which account serves a request is
 the pool's choice (``account_pool``).
@@ -10,11 +12,16 @@ the pool's choice (``account_pool``).
 Chat and completions always stream upstream, so deltas pass through chunk by chunk; usage comes
 from the upstream's usage chunk. A request that fails before any text reached the caller is tried
 again on another account: a 429 cools that account down, a 5xx or a connection error backs off
-with jitter, a 401/403 takes the account out until its key works again. Tries are bounded by
-``max_attempts`` (refused keys aside, each of which takes an account out) and ``timeout_s``. Once
-text has been passed on, a failure ends the answer with a 502. An upstream 400 is the client's
-fault: passed on as is, never retried. When every account's key is refused, or the configuration
-is invalid, the engine raises ``Unrecoverable``: the worker reports the model Failed.
+with jitter. A 401/403 is checked with a probe of that key (``GET {base_url}/models``): only if
+the probe is refused too is the account taken out (until its key works again) and the request
+tried on another; if the key is accepted, the refusal was about the request, which ends with a
+502 and takes nothing out. One request takes out one account at most (a second refused key ends
+it with a 502; the next request takes that one out), so a provider whose authentication falters
+for a moment cannot fail the model on one request. Tries are bounded by ``max_attempts`` (the
+one retired account aside) and ``timeout_s``. Once text has been passed on, a failure ends the
+answer with a 502. An upstream 400 is the client's fault: passed on as is, never retried. When
+every account's key is refused, or the configuration is invalid, the engine raises
+``Unrecoverable``: the worker reports the model Failed.
 
 HTTP goes through one ``aiohttp`` session (its C parser keeps the per-request cost a fraction of
 httpx's), with at most the accounts' total concurrency in connections, kept alive between
@@ -30,6 +37,7 @@ import email.utils
 import ipaddress
 import logging
 import random
+import re
 import time
 import urllib.parse
 import urllib.request
@@ -41,7 +49,7 @@ from typing import Any, Literal
 import aiohttp
 import msgspec
 
-from uplion import protocol
+from uplion import config, protocol
 from uplion.worker.engines import account_pool, base
 
 log = logging.getLogger(__name__)
@@ -75,8 +83,10 @@ class OpenAIUpstreamEngine(base.Engine):
         timeout_s: float = 60.0,
         max_attempts: int = 4,
         retest_interval_s: float = 30.0,
+        keys_dir: Path | None = None,
     ) -> None:
         self.base_url = base_url
+        self.keys_dir = keys_dir if keys_dir is not None else config.keys_dir()
         self.model = model
         self.accounts = accounts
         self.timeout_s = timeout_s
@@ -95,7 +105,7 @@ class OpenAIUpstreamEngine(base.Engine):
         if not self.model:
             raise base.Unrecoverable("InvalidConfig", "option 'model' (the upstream model name) "
                                      "is required")
-        configs = _parse_accounts(self.accounts)
+        configs = _parse_accounts(self.accounts, self.keys_dir)
         total = sum(config.max_concurrency for config in configs)
         self._url = url
         self._proxy = _env_proxy(url)
@@ -171,7 +181,7 @@ class OpenAIUpstreamEngine(base.Engine):
                 return result
             except (_Failure, aiohttp.ClientError) as error:
                 lease.release()
-                await tries.failed(lease.account, _Failure.of(error))
+                await tries.failed(lease, _Failure.of(error))
             finally:
                 lease.release()
 
@@ -211,7 +221,7 @@ class OpenAIUpstreamEngine(base.Engine):
                         f"The upstream provider failed after the answer began ({failure.detail});"
                         " the answer is incomplete.", code="upstream_error", status=502,
                     )) from None
-                await tries.failed(lease.account, failure)
+                await tries.failed(lease, failure)
             finally:
                 lease.release()
         yield base.TextDelta("", finish_reason=reading.finish_reason or "stop", usage=usage)
@@ -235,6 +245,13 @@ def _all_refused(base_url: str, pool: account_pool.AccountPool) -> base.Unrecove
     return base.Unrecoverable("AllAccountsUnauthorized", (
         f"every upstream account of {base_url} had its key refused ({', '.join(pool.down())}); "
         "fix the keys in their files or environment variables"
+    ))
+
+
+def _refused(status: str, why: str) -> base.EngineError:
+    return base.EngineError(protocol.ErrorInfo(
+        f"The upstream provider refused this request ({status}) {why}.",
+        code="upstream_refused", status=502,
     ))
 
 
@@ -268,6 +285,7 @@ class _Tries:
         self.failed_on: set[str] = set()
         self.kinds: set[str] = set()
         self.backoffs = 0
+        self.retired: str | None = None
 
     async def lease(self) -> account_pool.Lease:
         try:
@@ -277,14 +295,28 @@ class _Tries:
         except TimeoutError:
             raise self._exhausted() from None
 
-    async def failed(self, account: account_pool.Account, failure: _Failure) -> None:
-        """Apply ``failure`` to ``account``; back off, or raise when no try is left."""
+    async def failed(self, lease: account_pool.Lease, failure: _Failure) -> None:
+        """Apply ``failure`` to the leased account; back off, or raise when no try is left."""
+        account = lease.account
         log.info("upstream account %s failed a try (%s)", account.name, failure.detail)
         self.failed_on.add(account.name)
         if failure.kind == "refused":
-            # Not counted: each refusal takes an account out, so these are bounded anyway.
-            self.pool.mark_dead(account, failure.detail)
-            return
+            verdict = await self.pool.verify(account, lease.key)
+            if verdict == "accepted":
+                raise _refused(failure.detail, f"although the key of account {account.name} "
+                               "is accepted: the refusal is about the request")
+            if verdict == "refused":
+                if account.dead_reason is not None:
+                    return  # another request took it out meanwhile: try another account
+                if self.retired is None:
+                    # Not counted: one account at most is taken out per request.
+                    self.retired = account.name
+                    self.pool.mark_dead(account, failure.detail)
+                    return
+                raise _refused(failure.detail, f"with the key of account {account.name}, "
+                               f"after account {self.retired} was taken out of service for a "
+                               "refused key: one account at most is taken out per request")
+            failure = _Failure("unavailable", f"{failure.detail}, and its probe failed")
         if failure.kind == "rate_limited":
             self.pool.cool_down(account, failure.retry_after)
         self.kinds.add(failure.kind)
@@ -520,11 +552,18 @@ def _loopback(host: str | None) -> bool:
         return False
 
 
-def _parse_accounts(entries: Sequence[Mapping[str, Any]]) -> list[account_pool.AccountConfig]:
+_ACCOUNT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+"""An account's name: also the name of its key's file in the keys folder."""
+
+
+def _parse_accounts(
+    entries: Sequence[Mapping[str, Any]], keys_dir: Path
+) -> list[account_pool.AccountConfig]:
     if not entries:
         raise base.Unrecoverable("InvalidConfig", (
             "option 'accounts' must list at least one account: "
-            "{name, api_key_env or api_key_file, max_concurrency, ...}"
+            "{name, max_concurrency, ...} (its key in the keys folder), or with api_key_env "
+            "or api_key_file"
         ))
     configs: list[account_pool.AccountConfig] = []
     for index, entry in enumerate(entries):
@@ -539,19 +578,26 @@ def _parse_accounts(entries: Sequence[Mapping[str, Any]]) -> list[account_pool.A
         name = entry.get("name")
         if not isinstance(name, str) or not name:
             raise _invalid(f"{where}: 'name' is required")
+        if not _ACCOUNT_NAME.match(name):
+            raise _invalid(f"{where}: the account name {name!r} names a file of the keys folder: "
+                           "letters, digits, '.', '_' and '-', not starting with '.'")
         if any(config.name == name for config in configs):
             raise _invalid(f"{where}: another account is named {name!r}")
         env, file = entry.get("api_key_env"), entry.get("api_key_file")
-        if (env is None) == (file is None):
-            raise _invalid(f"{where} ({name}): give exactly one of api_key_env, api_key_file")
+        if env is not None and file is not None:
+            raise _invalid(f"{where} ({name}): give at most one of api_key_env, api_key_file")
         source = env if env is not None else file
-        if not isinstance(source, str) or not source:
+        if source is not None and (not isinstance(source, str) or not source):
             raise _invalid(f"{where} ({name}): the key's variable or file must be a name")
+        if env is not None:
+            key = account_pool.KeySource(env=env)
+        elif file is not None:
+            key = account_pool.KeySource(file=Path(file).expanduser())
+        else:
+            key = account_pool.KeySource(file=keys_dir / name, in_keys_folder=True)
         configs.append(account_pool.AccountConfig(
             name=name,
-            key=account_pool.KeySource(
-                env=env, file=Path(file).expanduser() if file is not None else None
-            ),
+            key=key,
             max_concurrency=_positive(entry, "max_concurrency", where) or 4,
             requests_per_minute=_positive(entry, "requests_per_minute", where),
             tokens_per_minute=_positive(entry, "tokens_per_minute", where),
