@@ -41,7 +41,8 @@ async def _ask(client: openai.AsyncOpenAI, index: int, stream: bool) -> str:
 @pytest.mark.redis
 def test_killed_worker_tasks_are_redelivered_once(clean_redis: str, tmp_path: Path) -> None:
     broker_url = f"{clean_redis}?visibility_timeout_s=1"
-    env = {"UPLION_DATA_DIR": str(tmp_path / "data"), "UPLION_REDIS_URL": clean_redis}
+    env = {"UPLION_DATA_DIR": str(tmp_path / "data"), "UPLION_REDIS_URL": clean_redis,
+           "UPLION_METRICS_REFRESH_S": "0.1"}
     token = helpers.bootstrap_store(tmp_path, env)
     logs = [tmp_path / "worker-a.log", tmp_path / "worker-b.log"]
     workers = [helpers.spawn("worker", "--models", str(MODELS), "--broker", broker_url,

@@ -28,6 +28,15 @@ def test_chat_reserves_the_request_s_cap_else_the_model_s_default() -> None:
     assert estimate.chat(chat(), OWN_DEFAULT) == estimate.Estimate(15, 64, 64)
 
 
+def test_remote_models_default_to_a_longer_cap_their_option_overrides() -> None:
+    upstream = ModelSpec(name="r", engine=EngineSpec(kind="openai-upstream", options={
+        "base_url": "https://api.example.com/v1", "model": "x"}))
+    assert estimate.chat(chat(), upstream).max_tokens == estimate.REMOTE_OUTPUT_TOKENS
+    shorter = upstream.model_copy(update={"engine": EngineSpec(
+        kind="openai-upstream", options={**upstream.engine.options, "default_max_tokens": 900})})
+    assert estimate.chat(chat(), shorter).max_tokens == 900
+
+
 def test_text_parts_are_counted_and_other_parts_refused() -> None:
     parts = [{"type": "text", "text": "abcd" * 10}]
     assert estimate.chat(chat(messages=[{"role": "user", "content": parts}]), PLAIN).total == (

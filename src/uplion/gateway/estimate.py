@@ -3,7 +3,8 @@
 The prompt is estimated at one token per four characters of its text (OpenAI's rule of thumb;
 the worker's real count settles it later). The output is at most ``max_tokens`` per generation:
 the request's, else the model's default (its engine option ``default_max_tokens``, else
-``DEFAULT_OUTPUT_TOKENS``). That cap travels in the task and the worker never generates past
+``DEFAULT_OUTPUT_TOKENS``, or ``REMOTE_OUTPUT_TOKENS`` for models served by another server,
+whose answers are commonly longer). That cap travels in the task and the worker never generates past
 it, so the reservation is the most a request can cost. Chat message parts that are not text
 (images, audio, files) are refused: the text engines cannot see them, and nothing could count
 them.
@@ -18,6 +19,8 @@ from uplion import schemas
 from uplion.models import ModelSpec
 
 DEFAULT_OUTPUT_TOKENS = 256
+REMOTE_OUTPUT_TOKENS = 4096
+_REMOTE_KINDS = frozenset({"openai-upstream", "openai-server", "vllm"})
 _CHARS_PER_TOKEN = 4
 
 
@@ -40,11 +43,12 @@ def _tokens(text: str | bytes) -> int:
 
 
 def default_max_tokens(spec: ModelSpec) -> int:
-    """The model's own default cap: its engine's ``default_max_tokens``, else 256."""
+    """The model's own default cap: its engine's ``default_max_tokens``, else 256 (4,096 for
+    remote providers and child servers)."""
     value = spec.engine.options.get("default_max_tokens")
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return value
-    return DEFAULT_OUTPUT_TOKENS
+    return REMOTE_OUTPUT_TOKENS if spec.engine.kind in _REMOTE_KINDS else DEFAULT_OUTPUT_TOKENS
 
 
 def chat(body: schemas.ChatRequest, spec: ModelSpec) -> Estimate:

@@ -44,6 +44,7 @@ class _Options:
                 )
         self._kind = kind
         self._options = options
+        self.optional_count("default_max_tokens")  # read by the gateway: checked for every kind
 
     def number(self, name: str, default: float) -> float:
         value = self._options.get(name, default)
@@ -205,7 +206,11 @@ def _vllm(options: _Options, artifact: base.Artifact) -> base.Engine:
     )
 
 
-_SERVER_OPTIONS = frozenset({"port", "ready_timeout_s", "model", "env", "serves", "timeout_s"})
+# default_max_tokens: the output cap the gateway applies when a request names none (it reads the
+# option from the model spec; the engine gets the cap in each task).
+_SERVER_OPTIONS = frozenset({
+    "port", "ready_timeout_s", "model", "env", "serves", "timeout_s", "default_max_tokens",
+})
 
 _BUILDERS: dict[
     str, tuple[Callable[[_Options, base.Artifact], base.Engine], frozenset[str]]
@@ -228,6 +233,7 @@ _BUILDERS: dict[
         _openai_upstream,
         frozenset({
             "base_url", "model", "accounts", "timeout_s", "max_attempts", "retest_interval_s",
+            "default_max_tokens",
         }),
     ),
     "openai-server": (
