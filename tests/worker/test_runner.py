@@ -223,3 +223,11 @@ async def test_unsupported_request_is_a_400(broker: MemoryBroker) -> None:
     assert (error.status, error.code) == (400, "model_not_supported")
     worker.stop()
     await run
+
+
+async def test_the_heartbeat_carries_the_model_s_context_length(broker: MemoryBroker) -> None:
+    """The gateway refuses a max_tokens beyond the context the worker reports."""
+    engine = EchoEngine()
+    info = Worker(broker, spec(), engine).model_info()
+    assert engine.info.context_length is not None
+    assert info.context_length == engine.info.context_length

@@ -102,6 +102,7 @@ class Worker:
         inputs, outputs = replies.declared_tensors(info, self.serves)
         return protocol.ModelInfo(
             serves=self.serves, device=info.device, platform=info.platform,
+            context_length=info.context_length,
             inputs=tuple(protocol.TensorInfo(t.name, t.datatype, tuple(t.shape)) for t in inputs),
             outputs=tuple(protocol.TensorInfo(t.name, t.datatype, tuple(t.shape))
                           for t in outputs),
