@@ -60,7 +60,8 @@ async def make_cache(request: pytest.FixtureRequest) -> AsyncIterator[MakeCache]
             instance = cache.MemoryPrincipalCache(store.load, negative_ttl_s=ttl_s)
         else:
             redis_url = request.getfixturevalue("clean_redis")
-            instance = cache.RedisPrincipalCache(redis_url, store.load, local_ttl_s=ttl_s)
+            instance = cache.RedisPrincipalCache(redis_url, store.load, local_ttl_s=ttl_s,
+                                                 negative_ttl_s=ttl_s)
         await instance.start()
         made.append(instance)
         return instance
@@ -268,5 +269,56 @@ async def test_unreadable_records_are_read_from_the_database(
     await principals.start()
     try:
         assert await principals.get("t1") == record
+    finally:
+        await principals.close()
+
+
+@pytest.mark.redis
+async def test_an_unknown_token_costs_one_database_query_for_all_gateways(
+    clean_redis: str, raw: redis.asyncio.Redis
+) -> None:
+    stores = [FakeStore() for _ in range(3)]
+    gateways = [cache.RedisPrincipalCache(clean_redis, store.load, local_ttl_s=0.01,
+                                          negative_ttl_s=60) for store in stores]
+    for gateway in gateways:
+        await gateway.start()
+    try:
+        for _ in range(3):  # requests with the same unknown token, spread over the gateways
+            for gateway in gateways:
+                assert await gateway.get("nope") is None
+                await asyncio.sleep(0.02)  # past the local map's TTL: Redis answers
+        assert [store.calls for store in stores] == [1, 0, 0]
+        assert 0 < await raw.pttl("uplion:principal:nope") <= 60_000
+
+        created = make_principal("nope")  # the token is created after all: the mark goes
+        for store in stores:
+            store.records["nope"] = created
+        await gateways[0].put(created)
+        assert await raw.pttl("uplion:principal:nope") == -1
+        for gateway in gateways:
+            assert await gateway.get("nope") == created
+        assert [store.calls for store in stores] == [1, 0, 0]
+    finally:
+        for gateway in gateways:
+            await gateway.close()
+
+
+@pytest.mark.redis
+async def test_a_token_created_while_marked_unknown_is_filled_from_the_database(
+    clean_redis: str, raw: redis.asyncio.Redis
+) -> None:
+    store = FakeStore()
+    principals = cache.RedisPrincipalCache(clean_redis, store.load, local_ttl_s=0.01,
+                                           negative_ttl_s=0.05)
+    await principals.start()
+    try:
+        assert await principals.get("late") is None
+        record = store.add("late")  # created, and the write-through to the cache was lost
+        await asyncio.sleep(0.06)  # the mark expires: the database is asked again
+        assert await principals.get("late") == record
+        stored = await raw.get("uplion:principal:late")
+        assert isinstance(stored, bytes)
+        assert principal.decode(stored) == record
+        assert store.calls == 2
     finally:
         await principals.close()

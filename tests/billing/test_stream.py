@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any, cast
 
 import msgspec
@@ -12,6 +13,8 @@ import pytest
 import pytest_asyncio
 import redis.asyncio
 
+from tests.redisio.server import RedisProcess
+from uplion import redisio
 from uplion.billing import events, stream
 
 
@@ -231,3 +234,29 @@ def test_emit_outside_an_event_loop_is_a_counted_drop() -> None:
     gateway = stream.RedisUsageStream("redis://127.0.0.1:1/0")
     gateway.emit(make_event(1))
     assert gateway.dropped == 1
+
+
+async def test_redis_read_fails_within_the_timeout_when_redis_is_partitioned(
+    tmp_path: Path,
+) -> None:
+    server = RedisProcess(tmp_path)
+    aggregator = stream.RedisUsageStream(f"{server.url}?socket_timeout=0.3", consumer="agg")
+    gateway = stream.RedisUsageStream(server.url, close_timeout_s=0.5)
+    try:
+        assert await aggregator.read(10, block_ms=10) == []
+        gateway.emit(make_event(1))
+        assert [event.event_id for _, event in await read_all(aggregator, 1)] == ["e1"]
+        server.freeze()  # a partition: connections stay open, nothing answers
+        started = time.monotonic()
+        with pytest.raises(redisio.Error):
+            async with asyncio.timeout(10):
+                await aggregator.read(10, block_ms=200)
+        assert time.monotonic() - started < 2.0  # the block and one socket timeout
+        gateway.emit(make_event(2))  # the request path never waits on Redis
+        server.thaw()
+        assert [event.event_id for _, event in await read_all(aggregator, 1)] == ["e2"]
+    finally:
+        server.thaw()
+        await gateway.close()
+        await aggregator.close()
+        server.stop()

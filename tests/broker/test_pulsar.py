@@ -99,6 +99,14 @@ async def test_backlog_comes_from_the_admin_api(stats: StatsServer) -> None:
     await instance.close()
 
 
+async def test_an_unreachable_admin_api_is_a_broker_outage() -> None:
+    instance = broker.connect(f"pulsar://127.0.0.1:6650?admin=http://127.0.0.1:{free_port()}"
+                              "&operation_timeout_s=2")
+    with pytest.raises(broker.BrokerUnavailable, match=r"admin API .* cannot be reached"):
+        await instance.backlog("model.x@1", protocol.WORKER_GROUP)
+    await instance.close()
+
+
 def test_the_keda_trigger_and_the_workers_agree_with_the_broker() -> None:
     aimodel = examples.example("upstream")
     trigger = manifests.scaled_object(aimodel, "models")["spec"]["triggers"][0]

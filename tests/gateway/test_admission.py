@@ -21,12 +21,15 @@ import redis
 
 from tests.gateway.test_admission_conformance import HOUR_BEFORE_MIDNIGHT, Clock, principal
 from tests.ports import free_port
+from tests.redisio.server import RedisProcess, own_redis
 from uplion import redisio
 from uplion.accounts.principal import Period, Quota, RateLimits
 from uplion.gateway.admission import AdmissionUnavailable, RedisAdmission, Reservation, rules
 from uplion.gateway.admission import redis_store as store
 
 pytestmark = pytest.mark.redis
+
+__all__ = ["own_redis"]
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 
@@ -157,6 +160,48 @@ async def test_the_scripts_come_back_after_a_script_flush(clean_redis: str,
     await gate.settle(decision.reservation, 4)
     assert raw.hget("uplion:rl:t:tok-a", f"t:{clock.ms // 1000}") == b"4"
     await gate.close()
+
+
+async def test_a_held_reservation_has_a_record_until_settled(
+    clean_redis: str, raw: redis.Redis
+) -> None:
+    clock = Clock()
+    gate = RedisAdmission(clean_redis, clock=clock)
+    caller = principal(token=RateLimits(requests_per_minute=5, tokens_per_minute=100),
+                       token_quota=Quota(1000, "day"))
+    decision = await gate.admit(caller, "r-1", 40, hold_s=12)
+    assert decision.reservation is not None
+    assert decision.reservation.held
+    record = "uplion:reservation:r-1"
+    assert raw.zrange("uplion:reservations", 0, -1, withscores=True) == [
+        (b"r-1", clock.ms + 12_000)]
+    assert raw.hget(record, "state") == b"held"
+    assert 12_000 < raw.pttl(record) <= 12_000 + rules.QUOTA_GRACE_S * 1000
+    await gate.settle(decision.reservation, 25)
+    assert raw.zcard("uplion:reservations") == 0
+    assert raw.hget(record, "state") == b"settled"
+    assert 0 < raw.pttl(record) <= rules.SETTLED_KEEP_MS
+    assert raw.get("uplion:quota:t:tok-a:2025-06-30") == b"25"
+    await gate.close()
+
+
+async def test_an_admission_survives_a_restart_of_redis(own_redis: RedisProcess) -> None:
+    """Connections the pool kept from before a restart are dead: an admission sent on one is
+    sent again on a new one (safe: a held reservation is made once), not refused."""
+    gate = RedisAdmission(own_redis.url)
+    caller = principal(token_quota=Quota(10**6, "day"))
+
+    async def admit_all(prefix: str) -> list[bool]:
+        decisions = await asyncio.gather(*(gate.admit(caller, f"{prefix}-{n}", 10, hold_s=30)
+                                           for n in range(20)))
+        return [decision.allowed for decision in decisions]
+
+    try:
+        assert await admit_all("before") == [True] * 20  # the pool holds 20 connections now
+        own_redis.restart()
+        assert await admit_all("after") == [True] * 20
+    finally:
+        await gate.close()
 
 
 async def test_failed_authentications_are_shared_by_gateways(clean_redis: str) -> None:

@@ -325,6 +325,63 @@ async def test_no_rules_admits_freely(gate: Admission) -> None:
     await gate.settle(held(decision), 5)
 
 
+async def test_a_reservation_never_settled_is_returned_when_its_hold_ends(
+    gate: Admission, clock: Clock
+) -> None:
+    """Its gateway died: the estimate comes off the quota and the window once the hold ends."""
+    caller = principal(token=RateLimits(tokens_per_minute=100), token_quota=Quota(100, "day"))
+    held(await gate.admit(caller, "r-1", 60, hold_s=10))
+    clock.advance(9_999)
+    assert await gate.expire() == 0
+    assert not (await gate.admit(caller, "r-2", 50)).allowed
+    clock.advance(1)
+    assert await gate.expire() == 1
+    assert await gate.expire() == 0
+    admitted = await gate.admit(caller, "r-3", 50)
+    assert admitted.headers["x-ratelimit-remaining-tokens"] == "50"
+    refused = await gate.admit(caller, "r-4", 60)
+    assert refused.code == "insufficient_quota"
+    assert "50 of 100 tokens used" in refused.message
+
+
+async def test_a_settlement_after_the_hold_charges_the_usage_alone(
+    gate: Admission, clock: Clock
+) -> None:
+    caller = principal(token_quota=Quota(100, "day"))
+    late = held(await gate.admit(caller, "r-1", 60, hold_s=10))
+    clock.advance(10_000)
+    assert await gate.expire() == 1
+    await gate.settle(late, 30)  # its estimate was returned: the 30 used are charged
+    await gate.settle(late, 30)  # and only once
+    refused = await gate.admit(caller, "r-2", 80)
+    assert "30 of 100 tokens used" in refused.message
+
+
+async def test_a_settled_reservation_is_settled_once_and_never_returned(
+    gate: Admission, clock: Clock
+) -> None:
+    caller = principal(token_quota=Quota(100, "day"))
+    first = held(await gate.admit(caller, "r-1", 60, hold_s=10))
+    second = held(await gate.admit(caller, "r-2", 20, hold_s=10))
+    await gate.settle(first, 60)  # used all it reserved
+    await gate.settle(second, 5)
+    await gate.settle(second, 5)  # a settlement sent again
+    clock.advance(20_000)
+    assert await gate.expire() == 0
+    refused = await gate.admit(caller, "r-3", 40)
+    assert "65 of 100 tokens used" in refused.message
+
+
+async def test_admitting_a_held_request_again_reserves_nothing_more(gate: Admission) -> None:
+    """An admission sent again (its answer was lost with a connection) is the same admission."""
+    caller = principal(token_quota=Quota(100, "day"))
+    first = held(await gate.admit(caller, "r-1", 60, hold_s=10))
+    again = held(await gate.admit(caller, "r-1", 60, hold_s=10))
+    assert again == first
+    refused = await gate.admit(caller, "r-2", 50)
+    assert "60 of 100 tokens used" in refused.message
+
+
 @pytest.mark.parametrize(("request_id", "tokens"), [("", 1), ("r-1", -1)])
 async def test_bad_arguments_are_refused(gate: Admission, request_id: str, tokens: int) -> None:
     with pytest.raises(ValueError, match="must not be"):
@@ -353,8 +410,9 @@ async def test_failed_authentications_wait_for_the_oldest_to_age_out(
 async def test_memory_and_redis_agree_on_a_random_history(
     request: pytest.FixtureRequest, clock: Clock
 ) -> None:
-    """A seeded random run of admissions, settlements and clock moves across a midnight, fed to
-    both implementations at once: every answer equal."""
+    """A seeded random run of admissions (held or not), settlements (some sent twice), expiries
+    and clock moves across a midnight, fed to both implementations at once: every answer
+    equal."""
     clock.ms = MINUTE_BEFORE_MIDNIGHT
     memory, shared = make("memory", clock, request), make("redis", clock, request)
     await shared.start()
@@ -372,7 +430,8 @@ async def test_memory_and_redis_agree_on_a_random_history(
         if roll < 0.55:
             caller = rng.choice(callers)
             estimate = rng.choice([0, 1, 20, 90, 150, 450])
-            answers = [await gate.admit(caller, f"r-{step}", estimate)
+            hold_s = rng.choice([None, 5.0, 30.0])
+            answers = [await gate.admit(caller, f"r-{step}", estimate, hold_s=hold_s)
                        for gate in (memory, shared)]
             assert answers[0] == answers[1], (step, answers)
             if answers[0].reservation is not None:
@@ -380,8 +439,11 @@ async def test_memory_and_redis_agree_on_a_random_history(
         elif roll < 0.8 and open_reservations:
             reservation = open_reservations.pop(rng.randrange(len(open_reservations)))
             used = rng.choice([0, reservation.tokens // 2, reservation.tokens + 30])
-            for gate in (memory, shared):
-                await gate.settle(reservation, used)
+            for _ in range(rng.choice([1, 1, 2])):  # sometimes sent twice
+                for gate in (memory, shared):
+                    await gate.settle(reservation, used)
+        elif roll < 0.85:
+            assert await memory.expire() == await shared.expire(), step
         else:
             clock.advance(rng.choice([300, 1_000, 7_000, 29_000]))
     await shared.close()

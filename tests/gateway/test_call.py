@@ -16,7 +16,7 @@ from uplion import protocol
 from uplion.accounts.principal import Principal, Quota
 from uplion.billing import MemoryUsageStream, UsageEvent
 from uplion.gateway import call as calls
-from uplion.gateway import errors
+from uplion.gateway import errors, ledger
 from uplion.gateway.admission import Decision, MemoryAdmission, Reservation
 from uplion.gateway.catalog import Catalog, Route
 from uplion.gateway.estimate import Estimate
@@ -39,14 +39,17 @@ class Settlements(MemoryAdmission):
     def __init__(self) -> None:
         super().__init__()
         self.settled: list[tuple[str, int, int]] = []
+        self.holds: list[float | None] = []
         self.deciding = asyncio.Event()
         self.decide = asyncio.Event()
         self.decide.set()
 
-    async def admit(self, principal: Principal, request_id: str, estimated_tokens: int) -> Decision:
+    async def admit(self, principal: Principal, request_id: str, estimated_tokens: int,
+                    hold_s: float | None = None) -> Decision:
+        self.holds.append(hold_s)
         self.deciding.set()
         await self.decide.wait()
-        return await super().admit(principal, request_id, estimated_tokens)
+        return await super().admit(principal, request_id, estimated_tokens, hold_s)
 
     async def settle(self, reservation: Reservation, used_tokens: int) -> None:
         self.settled.append((reservation.request_id, reservation.tokens, used_tokens))
@@ -127,6 +130,27 @@ async def test_an_answer_is_billed_once_with_the_workers_usage(
     await gateway.exchange.drain()
     assert gateway.admission.settled == [(call.task.id, 90, 80)]
     assert gateway.relay.inflight == 0
+
+
+async def test_a_reservation_is_held_for_the_deadline_the_report_and_a_margin(
+    gateway: Gateway, engine: CountingEcho
+) -> None:
+    """A gateway that dies leaves its reservations to expire once nothing can settle them."""
+    call = await gateway.open()
+    await finished(call)
+    assert gateway.admission.holds == [5 + GRACE_S + ledger.SETTLE_MARGIN_S]
+    assert call.entry.decision.reservation is not None
+    assert call.entry.decision.reservation.held
+
+
+async def test_an_answer_that_used_its_whole_reservation_is_settled_too(
+    gateway: Gateway, engine: CountingEcho
+) -> None:
+    """Settling marks the reservation settled: else its hold would end and return it."""
+    call = await gateway.open(estimate=Estimate(40, 40, 40))
+    assert (await finished(call)).usage == protocol.Usage(40, 40)
+    await gateway.exchange.drain()
+    assert gateway.admission.settled == [(call.task.id, 80, 80)]
 
 
 async def test_the_task_carries_the_reserved_maximum(

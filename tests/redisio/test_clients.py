@@ -80,14 +80,15 @@ async def test_lua_files_are_loaded_and_reloaded_after_a_restart(own_redis: Redi
         await client.aclose()
 
 
-async def test_backoff_doubles_to_its_maximum_and_resets() -> None:
-    backoff = redisio.Backoff(first_s=0.001, max_s=0.004)
-    seen = []
+def test_backoff_doubles_to_its_maximum_with_jitter_and_resets() -> None:
+    backoff = redisio.Backoff(first_s=0.1, max_s=0.4)
+    steps, waits = [], []
     for _ in range(4):
-        seen.append(backoff.delay)
-        await backoff.wait()
-    assert seen == [0.001, 0.002, 0.004, 0.004]
+        steps.append(backoff.delay)
+        waits.append(backoff.next())
+    assert steps == [0.1, 0.2, 0.4, 0.4]
+    assert all(step / 2 <= wait <= step for step, wait in zip(steps, waits, strict=True))
     backoff.reset()
-    assert backoff.delay == 0.001
+    assert backoff.delay == 0.1
     with pytest.raises(ValueError, match="0 < first_s <= max_s"):
         redisio.Backoff(first_s=1, max_s=0.5)

@@ -6,12 +6,15 @@ an async callable reading one principal) and written through by every admin chan
 - ``MemoryPrincipalCache``: a dict in the process (one machine: the only writer is this process).
 - ``RedisPrincipalCache``: for a cluster. Records live in Redis under
   ``uplion:principal:<token id>`` (``principal.encode``) with no TTL: while the database is down,
-  Redis is the record of every token it holds. Each instance keeps a small local map in front of
-  Redis (``local_ttl_s``). A change writes Redis, then publishes the token ids on
-  ``uplion:principals`` (``*``: everything); every instance drops its local copies when the
-  message comes, well within a second. The subscriber reconnects by itself and, after a
-  reconnection, drops the whole local map (messages may have been lost meanwhile); the local TTL
-  bounds staleness should a message never arrive.
+  Redis is the record of every token it holds. A token the database does not know is marked
+  there too (the value ``unknown``, for ``negative_ttl_s``), so an unknown token costs one
+  database query per TTL for all gateways together, not one per request; creating the token
+  replaces the mark. Each instance keeps a small local map in front of Redis (``local_ttl_s``).
+  A change writes Redis, then publishes the token ids on ``uplion:principals`` (``*``:
+  everything); every instance drops its local copies when the message comes, well within a
+  second. The subscription is ``redisio.Follower``'s: after an outage it subscribes again and
+  the whole local map is dropped (messages may have been lost meanwhile); the local TTL bounds
+  staleness should a message never arrive. Lua scripts: ``put.lua`` and ``fill.lua``.
 
 Both:
 
@@ -30,18 +33,14 @@ import abc
 import asyncio
 import functools
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from typing import Any, cast
 
 import msgspec
-from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline, PubSub
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff
-from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError
 
+from uplion import redisio
 from uplion.accounts import principal as principal_record
 from uplion.accounts.principal import Principal
 from uplion.accounts.repository import Repository
@@ -53,29 +52,11 @@ Loader = Callable[[str], Awaitable[Principal | None]]
 KEY_PREFIX = "uplion:principal:"
 CHANNEL = "uplion:principals"
 _EVERYTHING = "*"
+UNKNOWN = b"unknown"
+"""The value of a principal's key while the database does not know the token."""
 _NEGATIVE_TTL_S = 5.0
 _LOCAL_TTL_S = 5.0
-_SUBSCRIBE_TIMEOUT_S = 10.0
-_BACKOFF_FIRST_S = 0.1
-_BACKOFF_MAX_S = 5.0
-_RETRIES = 3
-_RETRY_BASE_S = 0.05
-_RETRY_CAP_S = 1.0
 _SCAN_COUNT = 1000
-
-# KEYS[1]: a principal's key; ARGV[1]: the new record; ARGV[2]: '1' if that record is revoked.
-# A revocation is final: a record that is not revoked never replaces a revoked one.
-_PUT = """
-if ARGV[2] == '0' then
-  local old = redis.call('GET', KEYS[1])
-  if old then
-    local ok, record = pcall(cjson.decode, old)
-    if ok and record.revoked then return 0 end
-  end
-end
-redis.call('SET', KEYS[1], ARGV[1])
-return 1
-"""
 
 
 class StoreUnavailable(Exception):
@@ -273,36 +254,44 @@ class RedisPrincipalCache(PrincipalCache):
     """Principals in Redis, shared by every gateway instance, with a local map in front."""
 
     def __init__(
-        self, redis_url: str, loader: Loader, *, local_ttl_s: float = _LOCAL_TTL_S
+        self,
+        redis_url: str,
+        loader: Loader,
+        *,
+        local_ttl_s: float = _LOCAL_TTL_S,
+        negative_ttl_s: float = _NEGATIVE_TTL_S,
     ) -> None:
+        if negative_ttl_s <= 0:
+            raise ValueError("negative_ttl_s must be positive")
         self._url = redis_url
         self._loader = loader
         self._local = _Expiring(local_ttl_s)
+        self._negative_ttl_ms = math.ceil(negative_ttl_s * 1000)
         self._loads = _SharedLoads()
         self._database = _Outage("the accounts database")
         self._cache = _Outage("the principal cache (Redis)")
         self._invalidations = 0  # a fill that saw one during its reads does not keep what it read
-        self._redis: Redis | None = None
-        self._put_script: AsyncScript | None = None
+        self._redis: redisio.Redis | None = None
+        self._put: redisio.Script | None = None
+        self._fill_script: redisio.Script | None = None
         self._listener: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Connect and subscribe to invalidations (fails if Redis does not answer)."""
-        retry = Retry(ExponentialWithJitterBackoff(cap=_RETRY_CAP_S, base=_RETRY_BASE_S), _RETRIES)
-        redis: Redis = Redis.from_url(self._url, retry=retry)
-        pubsub = redis.pubsub()
+        redis = redisio.client(self._url)
+        follower = redisio.Follower(
+            redis, CHANNEL, self._invalidated, on_resubscribed=lambda: self._forget([_EVERYTHING])
+        )
         try:
-            await pubsub.subscribe(CHANNEL)
-            confirmation = await pubsub.get_message(timeout=_SUBSCRIBE_TIMEOUT_S)
-            if confirmation is None or confirmation["type"] != "subscribe":
-                raise TimeoutError(f"Redis did not confirm the subscription to {CHANNEL}")
+            await follower.subscribe()
         except BaseException:
-            await _close_pubsub(pubsub)
             await redis.aclose()
             raise
-        self._redis, self._put_script = redis, redis.register_script(_PUT)
+        self._redis = redis
+        self._put = redisio.script(redis, __package__, "put.lua")
+        self._fill_script = redisio.script(redis, __package__, "fill.lua")
         self._listener = asyncio.get_running_loop().create_task(
-            self._listen(pubsub), name="uplion-principal-invalidations"
+            follower.follow(), name="uplion-principal-invalidations"
         )
 
     async def close(self) -> None:
@@ -311,7 +300,7 @@ class RedisPrincipalCache(PrincipalCache):
             listener.cancel()
             await asyncio.wait([listener])
         await self._loads.cancel()
-        redis, self._redis, self._put_script = self._redis, None, None
+        redis, self._redis, self._put, self._fill_script = self._redis, None, None, None
         if redis is not None:
             await redis.aclose()
         self._local.clear()
@@ -324,41 +313,56 @@ class RedisPrincipalCache(PrincipalCache):
 
     async def _fill(self, token_id: str) -> Principal | None:
         invalidations = self._invalidations
-        redis, _ = self._started()
+        redis, _, _ = self._started()
         try:
             raw = cast(bytes | None, await redis.get(KEY_PREFIX + token_id))
-        except RedisError as error:
+        except redisio.Error as error:
             self._cache.failed(error)
             loaded = await _load(self._loader, token_id, self._database)
         else:
             self._cache.recovered()
-            loaded = _decode(raw) if raw is not None else None
-            if loaded is None:
-                loaded = await _load(self._loader, token_id, self._database)
-                if loaded is not None:
-                    loaded = await self._share(redis, loaded)
+            if raw == UNKNOWN:
+                loaded = None  # the database did not know it a moment ago: not asked again
+            else:
+                loaded = _decode(raw) if raw is not None else None
+                if loaded is None:
+                    loaded = await _load(self._loader, token_id, self._database)
+                    if loaded is None:
+                        await self._mark_unknown(redis, token_id)
+                    else:
+                        loaded = await self._share(loaded)
         if invalidations == self._invalidations:
             self._local.remember(token_id, loaded)
         return loaded
 
-    async def _share(self, redis: Redis, loaded: Principal) -> Principal:
+    async def _share(self, loaded: Principal) -> Principal:
         """Store a record read from the database, unless a writer stored one meanwhile."""
+        _, _, fill = self._started()
         try:
-            existing = cast(bytes | None, await redis.set(
-                KEY_PREFIX + loaded.token_id, principal_record.encode(loaded), nx=True, get=True
+            stored = cast(bytes, await fill(
+                keys=[KEY_PREFIX + loaded.token_id],
+                args=[principal_record.encode(loaded), UNKNOWN],
             ))
-        except RedisError as error:
+        except redisio.Error as error:
             self._cache.failed(error)
             return loaded
-        written = _decode(existing) if existing is not None else None
+        written = _decode(stored)
         return written if written is not None else loaded
+
+    async def _mark_unknown(self, redis: redisio.Redis, token_id: str) -> None:
+        """Tell every gateway the database does not know ``token_id`` (for the negative TTL),
+        unless a writer stored its record meanwhile."""
+        try:
+            await redis.set(KEY_PREFIX + token_id, UNKNOWN, nx=True, px=self._negative_ttl_ms)
+        except redisio.Error as error:
+            self._cache.failed(error)
 
     async def put_many(self, principals: Iterable[Principal]) -> None:
         principals = list(principals)
         if not principals:
             return
         ids = [new.token_id for new in principals]
-        redis, put = self._started()
+        redis, put, _ = self._started()
         async with redis.pipeline(transaction=False) as pipe:
             for new in principals:
                 await put(
@@ -371,7 +375,7 @@ class RedisPrincipalCache(PrincipalCache):
         self._forget(ids)
 
     async def delete(self, token_id: str) -> None:
-        redis, _ = self._started()
+        redis, _, _ = self._started()
         async with redis.pipeline(transaction=False) as pipe:
             pipe.delete(KEY_PREFIX + token_id)
             pipe.publish(CHANNEL, token_id)
@@ -380,13 +384,13 @@ class RedisPrincipalCache(PrincipalCache):
 
     async def replace_all(self, principals: Iterable[Principal]) -> None:
         records = {KEY_PREFIX + new.token_id: principal_record.encode(new) for new in principals}
-        redis, _ = self._started()
+        redis, _, _ = self._started()
         try:
             stale = [
                 key async for key in redis.scan_iter(match=KEY_PREFIX + "*", count=_SCAN_COUNT)
                 if key.decode() not in records
             ]
-        except RedisError as error:
+        except redisio.Error as error:
             raise _cache_down(error) from error
         async with redis.pipeline(transaction=False) as pipe:
             for key in stale:
@@ -397,15 +401,16 @@ class RedisPrincipalCache(PrincipalCache):
             await self._execute(pipe)
         self._forget([_EVERYTHING])
 
-    def _started(self) -> tuple[Redis, AsyncScript]:
-        if self._redis is None or self._put_script is None:
+    def _started(self) -> tuple[redisio.Redis, redisio.Script, redisio.Script]:
+        """The client, and the scripts ``put.lua`` and ``fill.lua`` on it."""
+        if self._redis is None or self._put is None or self._fill_script is None:
             raise RuntimeError("the principal cache is not started: call `await start()` first")
-        return self._redis, self._put_script
+        return self._redis, self._put, self._fill_script
 
-    async def _execute(self, pipe: Pipeline) -> None:
+    async def _execute(self, pipe: redisio.Pipeline) -> None:
         try:
             await pipe.execute()
-        except RedisError as error:
+        except redisio.Error as error:
             self._cache.failed(error)
             raise _cache_down(error) from error
         self._cache.recovered()
@@ -417,32 +422,12 @@ class RedisPrincipalCache(PrincipalCache):
         for token_id in token_ids:
             self._local.forget(token_id)
 
-    async def _listen(self, pubsub: PubSub) -> None:
-        """Drop local copies as invalidations come; survive reconnections (see module doc)."""
-        backoff = _BACKOFF_FIRST_S
-        try:
-            while True:
-                try:
-                    message = await pubsub.get_message(timeout=None)
-                except RedisError as error:
-                    self._forget([_EVERYTHING])
-                    logger.warning("principal invalidations lost (%s); resubscribing in %.1f s",
-                                   error, backoff)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, _BACKOFF_MAX_S)
-                    continue
-                backoff = _BACKOFF_FIRST_S
-                if message is None:
-                    continue
-                if message["type"] == "subscribe":  # subscribed again after a reconnection
-                    self._forget([_EVERYTHING])
-                elif message["type"] == "message":
-                    self._forget(bytes(message["data"]).decode(errors="replace").split())
-        finally:
-            await _close_pubsub(pubsub)
+    def _invalidated(self, data: bytes) -> None:
+        """An invalidation came: drop the local copies of the tokens it names."""
+        self._forget(data.decode(errors="replace").split())
 
 
-def _cache_down(error: RedisError) -> StoreUnavailable:
+def _cache_down(error: redisio.Error) -> StoreUnavailable:
     return StoreUnavailable(f"the principal cache (Redis) is unavailable: {error}")
 
 
@@ -453,7 +438,3 @@ def _decode(raw: bytes) -> Principal | None:
         logger.warning("unreadable principal in Redis (%s): run `uplion admin cache rebuild`",
                        error)
         return None
-
-
-async def _close_pubsub(pubsub: PubSub) -> None:
-    await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated

@@ -34,6 +34,10 @@ memory. ``retention_s`` is also how long the aggregator must remember applied ev
 Both are options of ``RedisUsageStream`` and may be given in the URL's query
 (``redis://host:6379/0?visibility_timeout_s=10&retention_s=86400``), as for the broker; the URL
 may be the broker's own (its ``task_ttl_s`` and ``reply_ttl_s`` are ignored here).
+
+Redis is reached through ``uplion.redisio``: commands time out after the URL's
+``socket_timeout`` (default 5 s), a read blocks at most 5 s per call, and the claim walk is
+``redisio.ClaimCursor``.
 """
 
 from __future__ import annotations
@@ -44,21 +48,15 @@ import collections
 import contextlib
 import itertools
 import logging
-import math
 import os
 import socket
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Any, cast
 
 import msgspec
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import ResponseError
 
-from uplion import config
+from uplion import config, redisio
 from uplion.billing import events
 
 logger = logging.getLogger(__name__)
@@ -73,11 +71,7 @@ Entry = tuple[str, events.UsageEvent]
 
 _FIELD = b"e"
 _DROP_LOG_INTERVAL_S = 10.0
-_BACKOFF_FIRST_S = 0.1
-_BACKOFF_MAX_S = 5.0
-_RETRIES = 3
-_RETRY_BASE_S = 0.05
-_RETRY_CAP_S = 1.0
+_READ_BLOCK_S = 5.0
 
 
 class UsageStream(abc.ABC):
@@ -202,21 +196,6 @@ class MemoryUsageStream(UsageStream):
         return claimed
 
 
-def _client(url: str) -> Redis:
-    """A client that retries a command on a lost connection (a retried XADD may duplicate)."""
-    retry = Retry(ExponentialWithJitterBackoff(cap=_RETRY_CAP_S, base=_RETRY_BASE_S), _RETRIES)
-    client: Redis = Redis.from_url(url, retry=retry)
-    return client
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _is_error(error: ResponseError, code: str) -> bool:
-    return str(error).startswith(code)
-
-
 class RedisUsageStream(UsageStream):
     """The stream ``uplion:usage`` and its group ``billing``; see the module docstring.
 
@@ -238,6 +217,7 @@ class RedisUsageStream(UsageStream):
         close_timeout_s: float = 5.0,
     ) -> None:
         self._url, options = config.split_redis_url(url)
+        self._timeout_s = redisio.target(self._url).timeout_s
         super().__init__(
             visibility_timeout_s=options.get("visibility_timeout_s", visibility_timeout_s),
             retention_s=options.get("retention_s", retention_s),
@@ -252,12 +232,13 @@ class RedisUsageStream(UsageStream):
         self._buffer: collections.deque[events.UsageEvent] = collections.deque()
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._redis: Redis | None = None
-        self._reader: Redis | None = None
+        self._redis: redisio.Redis | None = None
+        self._reader: redisio.Redis | None = None
         self._sender: asyncio.Task[None] | None = None
         self._group_ready = False
-        self._next_claim = 0.0
-        self._claim_from: bytes | str = "0-0"
+        self._cursor = redisio.ClaimCursor(
+            STREAM, GROUP, self.consumer, idle_s=self.visibility_timeout_s
+        )
         self._closing = asyncio.Event()
 
     # -- producer side
@@ -281,7 +262,7 @@ class RedisUsageStream(UsageStream):
 
     async def _send_loop(self) -> None:
         """A pipeline every ``linger_s`` or ``batch_size`` events; ends once closed and empty."""
-        backoff = _BACKOFF_FIRST_S
+        backoff = redisio.Backoff()
         while self._buffer or not self._closing.is_set():
             if not self._buffer:
                 self._wake.clear()
@@ -293,12 +274,11 @@ class RedisUsageStream(UsageStream):
             try:
                 await self._send()
             except Exception as error:  # keep the events and try again, whatever went wrong
-                logger.warning("sending %d usage events failed (%s); retrying in %.1f s",
-                               len(self._buffer), error, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, _BACKOFF_MAX_S)
+                logger.warning("sending %d usage events failed (%s); retrying in up to %.1f s",
+                               len(self._buffer), error, backoff.delay)
+                await backoff.wait()
             else:
-                backoff = _BACKOFF_FIRST_S
+                backoff.reset()
 
     async def _send(self) -> None:
         """One pipeline of XADDs for the oldest buffered events; they go back on failure."""
@@ -330,7 +310,10 @@ class RedisUsageStream(UsageStream):
             self._buffer.clear()
         for client in (self._reader, self._redis):
             if client is not None:
-                await client.aclose()
+                try:
+                    await client.aclose()
+                except redisio.Error as error:
+                    logger.debug("closing a Redis connection failed: %s", error)
 
     # -- consumer side
 
@@ -339,99 +322,71 @@ class RedisUsageStream(UsageStream):
             raise RuntimeError("the usage stream is closed")
         if count <= 0:
             return []
-        redis, loop = self._open_redis()
+        redis, _ = self._open_redis()
         if not self._group_ready:
-            await self._create_group(redis)
-        if loop.time() >= self._next_claim:
-            claimed = await self._claim(redis, loop, count)
+            await redisio.create_group(redis, STREAM, GROUP)
+            self._group_ready = True
+        if self._cursor.due():
+            claimed = await self._claim(redis, count)
             if claimed:
                 return claimed
         if self._reader is None:
-            self._reader = _client(self._url)
+            self._reader = redisio.blocking_client(self._url, block_s=_READ_BLOCK_S)
+        block = min(block_ms, int(_READ_BLOCK_S * 1000))
         try:
-            response = await self._reader.xreadgroup(
+            response = await redisio.within(block / 1000 + self._timeout_s, self._reader.xreadgroup(
                 GROUP, self.consumer, {STREAM: ">"}, count=count,
-                block=block_ms if block_ms > 0 else None,
-            )
-        except ResponseError as error:
-            if not _is_error(error, "NOGROUP"):
+                block=block if block > 0 else None,
+            ))
+        except redisio.ResponseError as error:
+            if not redisio.has_code(error, "NOGROUP"):
                 raise
-            await self._create_group(redis)
+            await redisio.create_group(redis, STREAM, GROUP)
             return []
-        raw = [entry for _key, entries in cast(list[list[Any]], response) for entry in entries]
-        return await self._decode(redis, raw)
+        return await self._decode(redis, redisio.entries(response))
 
     async def ack(self, entry_ids: Sequence[str]) -> None:
         if entry_ids:
             await self._open_redis()[0].xack(STREAM, GROUP, *entry_ids)
 
-    def _open_redis(self) -> tuple[Redis, asyncio.AbstractEventLoop]:
+    def _open_redis(self) -> tuple[redisio.Redis, asyncio.AbstractEventLoop]:
         """The command client and the loop it lives in, made on first use."""
         loop = asyncio.get_running_loop()
         if self._loop is None:
             self._loop = loop
-            self._redis = _client(self._url)
+            self._redis = redisio.client(self._url)
         elif self._loop is not loop:
             raise RuntimeError("a RedisUsageStream is used from one event loop only")
         assert self._redis is not None
         return self._redis, loop
 
-    async def _create_group(self, redis: Redis) -> None:
-        try:
-            await redis.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
-        except ResponseError as error:
-            if not _is_error(error, "BUSYGROUP"):
-                raise
-        self._group_ready = True
-
-    async def _claim(
-        self, redis: Redis, loop: asyncio.AbstractEventLoop, count: int
-    ) -> list[Entry]:
+    async def _claim(self, redis: redisio.Redis, count: int) -> list[Entry]:
         """Take over entries idle past the visibility timeout: their reader died or stalled."""
-        try:
-            next_from, raw, *deleted = await redis.xautoclaim(
-                STREAM, GROUP, self.consumer,
-                min_idle_time=math.ceil(self.visibility_timeout_s * 1000),
-                start_id=self._claim_from, count=count,
-            )
-        except ResponseError as error:
-            if not _is_error(error, "NOGROUP"):
-                raise
-            await self._create_group(redis)
-            return []
-        self._claim_from = next_from
-        # Scan the whole pending list once per half timeout; a partial scan goes on next time.
-        finished = _text(next_from) == "0-0"
-        self._next_claim = loop.time() + (self.visibility_timeout_s / 2 if finished else 0)
-        if deleted and deleted[0]:
+        claimed = await self._cursor.claim(redis, count)
+        if claimed.trimmed:
             logger.error("%d usage events were trimmed (older than the retention) before being "
-                         "applied: lost", len(deleted[0]))
-        claimed = await self._decode(redis, raw)
-        if claimed:
+                         "applied: lost", claimed.trimmed)
+        decoded = await self._decode(redis, claimed.entries)
+        if decoded:
             logger.info("%s took over %d usage events not acked in %.0f s",
-                        self.consumer, len(claimed), self.visibility_timeout_s)
-        return claimed
+                        self.consumer, len(decoded), self.visibility_timeout_s)
+        return decoded
 
-    async def _decode(
-        self, redis: Redis, raw: Sequence[tuple[bytes | str | None, dict[Any, Any] | None]]
-    ) -> list[Entry]:
-        """The events of ``raw``; entries that hold none are acked at once, with a warning."""
+    async def _decode(self, redis: redisio.Redis, read: Sequence[redisio.Entry]) -> list[Entry]:
+        """The events of ``read``; entries that hold none are acked at once, with a warning."""
         decoded: list[Entry] = []
         garbage: list[str] = []
-        for raw_id, fields in raw:
-            if raw_id is None:
-                continue
-            entry_id = _text(raw_id)
-            value = fields.get(_FIELD) if fields else None
+        for entry in read:
+            value = entry.field(_FIELD)
             if value is None:
-                logger.warning("usage entry %s has no event: acked", entry_id)
-                garbage.append(entry_id)
+                logger.warning("usage entry %s has no event: acked", entry.id)
+                garbage.append(entry.id)
                 continue
             try:
-                decoded.append((entry_id, events.decode(value)))
+                decoded.append((entry.id, events.decode(value)))
             except msgspec.DecodeError as error:
-                logger.warning("usage entry %s is not a valid event (%s): acked", entry_id, error)
-                garbage.append(entry_id)
+                logger.warning("usage entry %s is not a valid event (%s): acked", entry.id, error)
+                garbage.append(entry.id)
         if garbage:
             await redis.xack(STREAM, GROUP, *garbage)
         return decoded

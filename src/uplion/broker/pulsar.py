@@ -276,7 +276,7 @@ class PulsarBroker(base.Broker):
             except pulsar.asyncio.PulsarException as error:
                 if _is_closed(error):
                     return
-                logger.warning("reading %s failed (%s); retrying in %.1f s",
+                logger.warning("reading %s failed (%s); retrying in up to %.1f s",
                                reader.topic(), error, backoff.delay)
                 await backoff.wait()
                 continue

@@ -80,6 +80,8 @@ def create_app(
             backlog = asyncio.create_task(metrics_.follow_backlog(
                 metrics, source, catalog, settings.metrics_refresh_s), name="backlog-metrics")
             stack.push_async_callback(_stop, backlog)
+            expiring = asyncio.create_task(exchange.ledger.expire_held(), name="expire-held")
+            stack.push_async_callback(_stop, expiring)
             state.ready = True
             log.info("gateway ready: reply address %s, models %s", relay.address, catalog.names())
             yield

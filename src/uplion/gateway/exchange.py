@@ -63,7 +63,8 @@ class Exchange:
                 f"{model_health.message}", code="model_failed", status=503,
             ), headers={VERSION_HEADER: spec.version})
         task_id = protocol.new_task_id()
-        entry = await self.ledger.admit(caller, task_id, spec.name, spec.version, estimate)
+        entry = await self.ledger.admit(caller, task_id, spec.name, spec.version, estimate,
+                                        spec.request_timeout_s + self.cancel_grace_s)
         decision = entry.decision
         if not decision.allowed:
             self.metrics.requests.labels(spec.name, spec.version, kind.value, "429").inc()

@@ -1,12 +1,12 @@
 """One request's account: admitted with its maximum reserved, then settled and billed once.
 
 ``Ledger.admit`` checks the caller's rate limits and quotas and reserves the request's maximum
-(prompt estimate + ``max_tokens``). The ``Entry`` it returns ends exactly once, whatever calls it
-and however often:
+(prompt estimate + ``max_tokens``), held for ``hold_s``: the request's deadline, the grace for
+its worker's report and ``SETTLE_MARGIN_S``. The ``Entry`` it returns ends exactly once, whatever
+calls it and however often:
 
 - ``close(status, usage)``: now. The usage event goes to billing at once (``emit`` never blocks
-  or raises) and the reservation is settled with the usage off the response's path (when they
-  differ).
+  or raises) and the reservation is settled with the usage off the response's path.
 - ``hold(...)``: its client left while a worker may be generating. The entry waits up to
   ``grace_s`` for the worker's report of what it produced (``report``: its usage with the
   cancellation), then closes with what the gateway knew (what reached the client).
@@ -14,11 +14,15 @@ and however often:
 A request cancelled while admission decides (its handler stopped) gets back what admission
 reserved for it. ``drain`` (on shutdown) closes held entries at once and waits for the
 settlements under way.
+
+A gateway that dies settles nothing: ``expire_held`` (run by every gateway) has the admission
+return the reservations whose hold is over, so that a quota comes back to what was used.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +35,13 @@ from uplion.gateway.estimate import Estimate
 
 Closed = Callable[[protocol.Usage], None]
 
+log = logging.getLogger(__name__)
+
+SETTLE_MARGIN_S = 5.0
+"""How long a reservation is held past its request's deadline and report grace: time for the
+settlement, sent off the response's path, to land."""
+EXPIRE_EVERY_S = 1.0
+
 
 class Ledger:
     def __init__(self, limits: Admission, usage: UsageStream) -> None:
@@ -42,12 +53,15 @@ class Ledger:
         self._abandoned: set[asyncio.Future[Decision]] = set()
 
     async def admit(
-        self, caller: Principal, request_id: str, model: str, version: str, estimate: Estimate
+        self, caller: Principal, request_id: str, model: str, version: str, estimate: Estimate,
+        hold_s: float,
     ) -> Entry:
         """The request's entry; ``entry.decision.allowed`` is false when the limits refuse it
         (nothing is reserved then, and closing it bills nothing). ``AdmissionUnavailable``
-        when the store of counters does not answer."""
-        admitting = asyncio.ensure_future(self.admission.admit(caller, request_id, estimate.total))
+        when the store of counters does not answer. ``hold_s``: how long the request may last
+        (its deadline and the grace for its worker's report), from now."""
+        admitting = asyncio.ensure_future(self.admission.admit(
+            caller, request_id, estimate.total, hold_s + SETTLE_MARGIN_S))
         try:
             decision = await asyncio.shield(admitting)
         except asyncio.CancelledError:  # the request is gone: give back what gets reserved
@@ -72,6 +86,24 @@ class Ledger:
             entry.expire()
         if self._settling:
             await asyncio.gather(*self._settling, return_exceptions=True)
+
+    async def expire_held(self) -> None:
+        """Every ``EXPIRE_EVERY_S``, return the reservations held past their hold (left by a
+        gateway that died); runs until cancelled, through outages of the admission's store."""
+        failing = False
+        while True:
+            try:
+                returned = await self.admission.expire()
+            except Exception as error:
+                if not failing:
+                    log.warning("returning expired reservations failed (%s); retrying", error)
+                failing = True
+            else:
+                failing = False
+                if returned:
+                    log.info("returned %d reservations no gateway settled in their hold",
+                             returned)
+            await asyncio.sleep(EXPIRE_EVERY_S)
 
     def settle(self, reservation: Reservation, used: int) -> None:
         """Replace ``reservation`` with ``used`` tokens, in the background."""
@@ -108,7 +140,8 @@ class Entry:
             status=status, at=time.time(),
         ))
         reservation = self.decision.reservation
-        if reservation is not None and usage.total_tokens != reservation.tokens:
+        if reservation is not None and (reservation.held
+                                        or usage.total_tokens != reservation.tokens):
             self.ledger.settle(reservation, usage.total_tokens)
 
     def hold(

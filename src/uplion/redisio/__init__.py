@@ -23,7 +23,7 @@ Public API (stable)::
     # errors
     Error, ResponseError; is_outage(error) -> bool; has_code(error, "NOGROUP") -> bool
     # loops
-    Backoff(first_s=0.1, max_s=5.0): .delay, async .wait(), .reset()
+    Backoff(first_s=0.1, max_s=5.0): .delay, .next() -> float, async .wait(), .reset()
     Follower(redis, channel, on_message, *, on_resubscribed=None, ping_every_s=None)
         async .subscribe(); async .follow()  # follow runs until cancelled
     # streams

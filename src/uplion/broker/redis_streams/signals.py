@@ -75,7 +75,7 @@ class Signals:
                                    self._reread_statuses)
             # The snapshot is read after subscribing, so no status falls between the two.
             with links.unavailable("read the workers' statuses"):
-                await self._read_statuses([handler])
+                await self._read_statuses(self._lifetime.open().redis, [handler])
         except BaseException:
             self._status_handlers.remove(handler)
             raise
@@ -94,17 +94,18 @@ class Signals:
         """After a resubscription: statuses published meanwhile are in the hash."""
         connections = self._lifetime.live()
         if connections is not None:
-            connections.spawn(self._reread(), name="uplion-status-snapshot")
+            connections.spawn(self._reread(connections.redis), name="uplion-status-snapshot")
 
-    async def _reread(self) -> None:
+    async def _reread(self, redis: redisio.Redis) -> None:
         try:
-            await self._read_statuses(list(self._status_handlers))
+            await self._read_statuses(redis, list(self._status_handlers))
         except redisio.Error as error:
             logger.warning("reading the workers' statuses again failed: %s", error)
 
-    async def _read_statuses(self, handlers: list[base.StatusHandler]) -> None:
+    async def _read_statuses(
+        self, redis: redisio.Redis, handlers: list[base.StatusHandler]
+    ) -> None:
         """Call ``handlers`` with every recent status in the hash; forget stale ones."""
-        redis = self._lifetime.open().redis
         stored = await redis.hgetall(keys.STATUS_KEY)
         horizon = time.time() - base.STATUS_MEMORY_S
         stale: list[bytes | str] = []

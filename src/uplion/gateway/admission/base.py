@@ -27,13 +27,15 @@ class Reservation:
     """What an admitted request holds until it is settled.
 
     ``admitted_ms`` is the store's clock at admission: it names the window bucket and the quota
-    periods the estimate was charged to, which is where ``settle`` corrects it.
+    periods the estimate was charged to, which is where ``settle`` corrects it. ``held``: the
+    reservation is recorded, and returned by ``Admission.expire`` unless settled in its hold.
     """
 
     principal: Principal
     request_id: str
     tokens: int
     admitted_ms: int
+    held: bool = False
 
 
 @dataclass(frozen=True)
@@ -77,20 +79,29 @@ class Admission(abc.ABC):
         """Release it."""
 
     @abc.abstractmethod
-    async def admit(self, principal: Principal, request_id: str, estimated_tokens: int) -> Decision:
+    async def admit(self, principal: Principal, request_id: str, estimated_tokens: int,
+                    hold_s: float | None = None) -> Decision:
         """Check every rule at once; when all pass, log the request and reserve its estimate.
 
         ``request_id`` is unique per request; ``estimated_tokens`` is the most it may use
-        (prompt estimate + ``max_tokens``), 0 when unknown.
+        (prompt estimate + ``max_tokens``), 0 when unknown. ``hold_s``: how long the reservation
+        may wait for its settlement before ``expire`` returns it (``rules``, "Held
+        reservations"); ``None``: until settled.
         """
 
     @abc.abstractmethod
     async def settle(self, reservation: Reservation, used_tokens: int) -> None:
         """Replace a reservation with what its request used, in the window bucket and the quota
-        periods it was charged to; once per reservation.
+        periods it was charged to; once per reservation (a held one: however often it is sent).
 
-        Never raises for the store: a failure is logged, and the reservation stays charged.
+        Never raises for the store: a failure is logged, and the reservation stays charged
+        (a held one until its hold ends).
         """
+
+    @abc.abstractmethod
+    async def expire(self) -> int:
+        """Return the held reservations whose hold is over (their request's gateway stopped
+        without settling them); how many. Gateways call it every second or so."""
 
     @abc.abstractmethod
     async def auth_wait(self, address: str) -> float:
@@ -101,8 +112,10 @@ class Admission(abc.ABC):
         """Count a failed authentication of ``address``."""
 
 
-def check_arguments(request_id: str, *tokens: int) -> None:
+def check_arguments(request_id: str, *tokens: int, hold_s: float | None = None) -> None:
     if not request_id:
         raise ValueError("request_id must not be empty")
     if min(tokens) < 0:
         raise ValueError("token counts must not be negative")
+    if hold_s is not None and hold_s <= 0:
+        raise ValueError("hold_s must be positive")

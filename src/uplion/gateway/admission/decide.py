@@ -16,10 +16,10 @@ from uplion.gateway.admission.base import Decision, Reservation
 
 def decision(
     principal: Principal, request_id: str, estimate: int, now_ms: int, checked: rules.Rules,
-    tallies: Sequence[rules.Tally], used: Sequence[int], admitted: bool,
+    tallies: Sequence[rules.Tally], used: Sequence[int], admitted: bool, held: bool = False,
 ) -> Decision:
     """The answer to a check at ``now_ms`` that read ``tallies`` and ``used`` (before this
-    request) and admitted it or not."""
+    request) and admitted it or not; ``held``: its reservation is recorded."""
     bucket = rules.bucket_of(now_ms)
     headers: dict[str, str] = {}
     counted: list[tuple[int, int, int]] = []  # (limit, current, reset ms)
@@ -41,7 +41,7 @@ def decision(
             headers[f"x-ratelimit-reset-{kind}"] = duration(reset_ms)
     if admitted:
         return Decision(True, None, "", None, headers,
-                        Reservation(principal, request_id, estimate, now_ms))
+                        Reservation(principal, request_id, estimate, now_ms, held))
 
     refusals: list[tuple[int, str, str]] = []  # (wait ms, code, message), in order of precedence
     for quota, spent in zip(checked.quotas, used, strict=True):

@@ -3,19 +3,30 @@
 Keys: per subject (``t:<token id>``, ``u:<user id>``) its window ``uplion:rl:<subject>``, a HASH of
 buckets (``window.lua``) expiring a second after its newest bucket leaves it; per quota and
 period the counter ``uplion:quota:<subject>:<period>`` (``2025-06``, ``2025-06-01``,
-``2025-06-01T13``), expiring a day after the period ends; per client address with failed
-authentications its window ``uplion:authfail:<address>`` and, while it waits, the end of its wait
-``uplion:authfail:<address>:until``.
+``2025-06-01T13``), expiring a day after the period ends; per held reservation its record
+``uplion:reservation:<request id>`` (a HASH: state, admission time, tokens, where they were
+charged) and the end of its hold in the index ``uplion:reservations`` (a ZSET), the record kept
+``rules.SETTLED_KEEP_MS`` once settled or returned; per client address with failed
+authentications its window ``uplion:authfail:<address>`` and, while it waits, the end of its
+wait ``uplion:authfail:<address>:until``.
 
 Why it is exact: one admission is one Lua script (``admit.lua``), and Redis runs a script alone,
 so the tallies, every check and the reservation happen as one step with no other admission in
 between. Time is the server's (``TIME``), so the gateways' clocks do not matter; the period of a
 quota comes from it too, so the script appends it to a prefix passed in ``KEYS`` (fine on one
-Redis, replicated or not; not on Redis Cluster). The work of a check is bounded: a window is at
-most ``SPAN`` buckets, a quota one counter. Commands are never retried: a script that ran but
-whose reply was lost would reserve twice; a lost connection costs one refused request
-(``AdmissionUnavailable``, answered 503, which OpenAI's clients retry). Failed authentications
-fail open: when Redis does not answer, an attempt is let through to the token store.
+Redis, replicated or not; not on Redis Cluster; ``expire.lua`` likewise reads the keys a record
+names). The work of a check is bounded: a window is at most ``SPAN`` buckets, a quota one
+counter; ``expire`` returns at most ``_EXPIRE_BATCH`` reservations per script call.
+
+Retries: a command lost with its connection (a reset, a connection the pool kept from before a
+restart of Redis) is sent once more, on a new connection (``_RETRIES``: enough for a connection
+gone stale, and quick to give up while Redis is down). For a held reservation that is safe: its
+record makes a second admission of the same request, or a second settlement, count once (the
+gateway holds every reservation it settles). An admission without a hold sent twice may count
+its request twice, and a failed authentication may be counted twice; a timeout is never sent
+again. Redis not answering is ``AdmissionUnavailable`` (answered 503, which OpenAI's clients
+retry). Failed authentications fail open: when Redis does not answer, an attempt is let through
+to the token store.
 """
 
 from __future__ import annotations
@@ -40,6 +51,10 @@ logger = logging.getLogger(__name__)
 
 _POOL_SIZE = 64
 _UNTIL = ":until"
+_RECORD_PREFIX = "uplion:reservation:"
+_INDEX = "uplion:reservations"
+_EXPIRE_BATCH = 100
+_RETRIES = 1
 _WINDOW_ARGS = (rules.BUCKET_MS, rules.SPAN, rules.KEY_SLACK_MS)
 
 
@@ -55,19 +70,22 @@ class RedisAdmission(Admission):
                  auth_failures_per_minute: int = config.AUTH_FAILURES_PER_MINUTE,
                  clock: Clock | None = None) -> None:
         super().__init__(auth_failures_per_minute=auth_failures_per_minute, clock=clock)
-        self._redis = redisio.client(redis_url, timeout_s=timeout_s, retries=0,
+        self._redis = redisio.client(redis_url, timeout_s=timeout_s, retries=_RETRIES,
                                      pool_size=_POOL_SIZE)
         package = __package__
         self._admit = redisio.script(self._redis, package, "window.lua", "calendar.lua",
                                      "admit.lua")
-        self._settle = redisio.script(self._redis, package, "settle.lua")
+        self._settle = redisio.script(self._redis, package, "charge.lua", "settle.lua")
+        self._expire = redisio.script(self._redis, package, "window.lua", "charge.lua",
+                                      "expire.lua")
         self._auth_failed = redisio.script(self._redis, package, "window.lua", "auth_failed.lua")
         self._auth_wait = redisio.script(self._redis, package, "window.lua", "auth_wait.lua")
 
     async def start(self) -> None:
         """Check that Redis answers and load the scripts (fail fast on a wrong URL)."""
         try:
-            for script in (self._admit, self._settle, self._auth_failed, self._auth_wait):
+            for script in (self._admit, self._settle, self._expire, self._auth_failed,
+                           self._auth_wait):
                 await self._redis.script_load(script.script)
         except redisio.Error as error:
             raise AdmissionUnavailable(f"Redis did not answer: {error}") from error
@@ -78,17 +96,22 @@ class RedisAdmission(Admission):
     def _now_arg(self) -> str | int:
         return "" if self.clock is None else self.clock()
 
-    async def admit(self, principal: Principal, request_id: str, estimated_tokens: int) -> Decision:
+    async def admit(self, principal: Principal, request_id: str, estimated_tokens: int,
+                    hold_s: float | None = None) -> Decision:
         """Check and reserve in one script call; raises ``AdmissionUnavailable`` without Redis."""
-        check_arguments(request_id, estimated_tokens)
+        check_arguments(request_id, estimated_tokens, hold_s=hold_s)
         checked = rules.rules_of(principal)
         if not checked.windows and not checked.quotas:
             now = (self.clock or wall_clock)()
             return decide.decision(principal, request_id, estimated_tokens, now, checked, [], [],
                                    True)
+        held = rules.holds(checked, estimated_tokens, hold_s)
+        hold_ms = round(hold_s * 1000) if held and hold_s is not None else -1
         keys = [window.key for window in checked.windows] + [q.key for q in checked.quotas]
+        if held:
+            keys += [_RECORD_PREFIX + request_id, _INDEX]
         args: list[str | int] = [self._now_arg(), *_WINDOW_ARGS, rules.QUOTA_GRACE_S,
-                                 estimated_tokens, len(checked.windows)]
+                                 estimated_tokens, len(checked.windows), hold_ms, request_id]
         for window in checked.windows:
             args += [_limit(window.requests), _limit(window.tokens)]
         for quota in checked.quotas:
@@ -102,23 +125,41 @@ class RedisAdmission(Admission):
         tallies = [rules.Tally.from_flat(cast(list[int], live)) for live in reply[2:2 + count]]
         used = [cast(int, spent) for spent in reply[2 + count:]]
         return decide.decision(principal, request_id, estimated_tokens, now, checked, tallies,
-                               used, admitted)
+                               used, admitted, held)
 
     async def settle(self, reservation: Reservation, used_tokens: int) -> None:
         check_arguments(reservation.request_id, reservation.tokens, used_tokens)
         checked = rules.rules_of(reservation.principal)
         windows = checked.settled_windows
-        delta = used_tokens - reservation.tokens
-        if delta == 0 or not (windows or checked.quotas):
+        if not reservation.held and (used_tokens == reservation.tokens
+                                     or not (windows or checked.quotas)):
             return
         keys = [window.key for window in windows]
         keys += [rules.counter_key(quota, reservation.admitted_ms) for quota in checked.quotas]
+        if reservation.held:
+            keys += [_RECORD_PREFIX + reservation.request_id, _INDEX]
         field = f"t:{rules.bucket_of(reservation.admitted_ms)}"
         try:
-            await self._settle(keys=keys, args=[field, delta, len(windows)])
+            await self._settle(keys=keys, args=[
+                field, used_tokens, reservation.tokens, len(windows),
+                "1" if reservation.held else "0", rules.SETTLED_KEEP_MS, reservation.request_id,
+            ])
         except redisio.Error as error:
-            logger.warning("settling request %s failed, its %d reserved tokens stay charged: %s",
-                           reservation.request_id, reservation.tokens, error)
+            logger.warning("settling request %s failed, its %d reserved tokens stay charged%s: "
+                           "%s", reservation.request_id, reservation.tokens,
+                           " until its hold ends" if reservation.held else "", error)
+
+    async def expire(self) -> int:
+        """Return the reservations whose hold is over, a batch per script call; raises
+        ``redisio.Error`` when Redis does not answer."""
+        returned = 0
+        while True:
+            done, looked_at = cast(list[int], await self._expire(
+                keys=[_INDEX], args=[self._now_arg(), _EXPIRE_BATCH, rules.SETTLED_KEEP_MS,
+                                     _RECORD_PREFIX]))
+            returned += done
+            if looked_at < _EXPIRE_BATCH:
+                return returned
 
     async def auth_wait(self, address: str) -> float:
         try:

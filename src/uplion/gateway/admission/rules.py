@@ -28,6 +28,15 @@ to) the period it was admitted in, never the next one.
 anything reserved (a refusal reserves nothing). A principal with no rule is admitted without
 touching any store.
 
+**Held reservations** (``admit(..., hold_s=...)``, what the gateway does): the reservation is
+recorded under its request id until it is settled or its hold ends (``holds`` tells when there is
+something to record: tokens reserved where a settlement corrects them). Its request's gateway
+may die before settling it: once the hold is over, ``expire`` returns the estimate to the window
+bucket and the quota periods it was charged to, as a settlement with no usage would. A
+settlement after that charges the usage alone; a settlement sent twice, or an admission sent
+twice under one request id (its answer lost with a connection), counts once. What a record says
+(``settled``, ``expired``) is kept ``SETTLED_KEEP_MS`` after its end.
+
 **Failed authentications**: a window per client address counts them; once it holds
 ``per_minute``, the address's further attempts wait until enough of them have left it.
 
@@ -50,6 +59,7 @@ SPAN = 61  # buckets in a window: the current one and the 60 before it
 KEY_SLACK_MS = 1_000  # a window's storage outlives its newest bucket by this much
 QUOTA_GRACE_S = 86_400  # a quota counter outlives its period by this much
 NEVER = -1  # a wait no amount of waiting ends
+SETTLED_KEEP_MS = 60_000  # how long the end of a held reservation is remembered
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +111,13 @@ def rules_of(principal: Principal) -> Rules:
             quotas.append(Quota(subject, f"uplion:quota:{kind}:{key}:", quota.tokens,
                                 quota.period))
     return Rules(tuple(windows), tuple(quotas))
+
+
+def holds(rules: Rules, estimate: int, hold_s: float | None) -> bool:
+    """Whether an admission with a hold records its reservation: it reserves tokens in a window
+    that counts them or against a quota."""
+    return (hold_s is not None and estimate > 0
+            and bool(rules.settled_windows or rules.quotas))
 
 
 def failures_key(address: str) -> str:

@@ -35,7 +35,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import aiohttp
+import httpx
 import msgspec
 
 from uplion.models.spec import Serves
@@ -121,7 +121,7 @@ class OpenAIServerEngine(base.Engine):
         try:
             key, account = self._key()
             process = await self._start(key)
-            async with aiohttp.ClientSession() as session:
+            async with httpx.AsyncClient(timeout=_POLL_TRY_S, trust_env=False) as session:
                 headers = {"Authorization": f"Bearer {key}"}
                 await self._wait_ready(session, headers)
                 listed = await self._models(session, headers)
@@ -252,9 +252,7 @@ class OpenAIServerEngine(base.Engine):
         path.write_text(key)
         return key, {**account, "api_key_file": str(path)}
 
-    async def _wait_ready(
-        self, session: aiohttp.ClientSession, headers: Mapping[str, str]
-    ) -> None:
+    async def _wait_ready(self, session: httpx.AsyncClient, headers: Mapping[str, str]) -> None:
         """Poll the readiness URL with backoff until 200; fail when the server exits, refuses
         the key or takes longer than ``ready_timeout_s``."""
         process = self.process
@@ -268,17 +266,15 @@ class OpenAIServerEngine(base.Engine):
             if process.exited.is_set():
                 raise self._failed_start(process.describe_exit())
             try:
-                async with session.get(
-                    url, headers=headers, timeout=aiohttp.ClientTimeout(total=_POLL_TRY_S)
-                ) as response:
-                    await response.read()
-                    if response.status == 200:
-                        return
-                    if response.status in (401, 403):
-                        raise self._failed_start(self._refused(response.status))
-                    last = f"HTTP {response.status}"
-            except (aiohttp.ClientError, TimeoutError) as error:
+                response = await session.get(url, headers=headers)
+            except httpx.HTTPError as error:
                 last = type(error).__name__
+            else:
+                if response.status_code == 200:
+                    return
+                if response.status_code in (401, 403):
+                    raise self._failed_start(self._refused(response.status_code))
+                last = f"HTTP {response.status_code}"
             left = deadline - loop_time()
             if left <= 0:
                 raise self._failed_start(
@@ -291,21 +287,17 @@ class OpenAIServerEngine(base.Engine):
             delay = min(delay * 1.5, _POLL_MAX_S)
 
     async def _models(
-        self, session: aiohttp.ClientSession, headers: Mapping[str, str]
+        self, session: httpx.AsyncClient, headers: Mapping[str, str]
     ) -> list[dict[str, Any]]:
         """The models the server lists at ``/v1/models`` (empty when it answers otherwise)."""
-        timeout = aiohttp.ClientTimeout(total=_POLL_TRY_S)
         try:
-            async with session.get(
-                f"{self.url}/v1/models", headers=headers, timeout=timeout
-            ) as response:
-                content = await response.read()
-                if response.status != 200:
-                    return []
-        except (aiohttp.ClientError, TimeoutError):
+            response = await session.get(f"{self.url}/v1/models", headers=headers)
+        except httpx.HTTPError:
+            return []
+        if response.status_code != 200:
             return []
         try:
-            body = msgspec.json.decode(content)
+            body = msgspec.json.decode(response.content)
         except msgspec.DecodeError:
             return []
         data = body.get("data") if isinstance(body, dict) else None
