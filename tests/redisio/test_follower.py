@@ -33,8 +33,7 @@ class Followed:
 
     async def close(self) -> None:
         if self.task is not None:
-            self.task.cancel()
-            await asyncio.wait([self.task])
+            await redisio.cancel(self.task)
         await self.client.aclose()
 
 

@@ -297,8 +297,7 @@ class RedisPrincipalCache(PrincipalCache):
     async def close(self) -> None:
         listener, self._listener = self._listener, None
         if listener is not None:
-            listener.cancel()
-            await asyncio.wait([listener])
+            await redisio.cancel(listener)
         await self._loads.cancel()
         redis, self._redis, self._put, self._fill_script = self._redis, None, None, None
         if redis is not None:

@@ -303,8 +303,7 @@ class RedisUsageStream(UsageStream):
         if self._sender is not None:
             done, _ = await asyncio.wait([self._sender], timeout=self._close_timeout_s)
             if not done:
-                self._sender.cancel()
-                await asyncio.wait([self._sender])
+                await redisio.cancel(self._sender)
         if self._buffer:
             self._drop(len(self._buffer), "Redis did not take them before the stream closed")
             self._buffer.clear()

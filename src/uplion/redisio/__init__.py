@@ -3,9 +3,10 @@
 It owns how uplion talks to Redis, so every component does it the same way: clients built from a
 URL with a socket timeout and one retry policy (``clients``), the errors and which of them mean
 an outage (``errors``), the backoff of long-running loops (``backoff``), the pub/sub follower that
-survives outages (``follower``), stream entries and the claim cursor (``streams``), and Lua
-scripts kept in ``.lua`` files (``lua``). Components import this package and use its names:
-``from uplion import redisio``, then ``redisio.client(url)``.
+survives outages (``follower``), stream entries and the claim cursor (``streams``), Lua scripts
+kept in ``.lua`` files (``lua``), and stopping tasks that read from Redis (``tasks``). Components
+import this package and use its names: ``from uplion import redisio``, then
+``redisio.client(url)``.
 
 Public API (stable)::
 
@@ -34,6 +35,8 @@ Public API (stable)::
         async .claim(redis, count) -> Claimed(entries, trimmed)
     # Lua
     source(package, *file_names) -> str; script(redis, package, *file_names) -> Script
+    # tasks
+    async cancel(*tasks) -> None   # cancel until they end (redis-py may swallow one cancel)
 """
 
 from __future__ import annotations
@@ -57,12 +60,13 @@ from uplion.redisio.errors import Error, ResponseError, has_code, is_outage
 from uplion.redisio.follower import Follower
 from uplion.redisio.lua import Script, script, source
 from uplion.redisio.streams import ClaimCursor, Claimed, Entry, create_group, entries, text
+from uplion.redisio.tasks import cancel
 
 __all__ = [
     "DEFAULT_TIMEOUT_S", "RETRIES", "Backoff", "ClaimCursor", "Claimed", "Entry", "Error",
     "Follower", "Pipeline", "PubSub", "Redis", "ResponseError", "Script", "Target",
-    "blocking_client", "client", "create_group", "entries", "has_code", "is_outage", "ping",
-    "redacted", "script", "source", "target", "text", "timeout_of", "within",
+    "blocking_client", "cancel", "client", "create_group", "entries", "has_code", "is_outage",
+    "ping", "redacted", "script", "source", "target", "text", "timeout_of", "within",
 ]
 
 

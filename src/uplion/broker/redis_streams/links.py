@@ -130,10 +130,7 @@ class Links:
             await self._release()
 
     async def _release(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(set(self._tasks))
+        await redisio.cancel(*self._tasks)
         for client in [*self._readers, self.redis]:
             await _close(client)
         self._readers.clear()

@@ -174,8 +174,7 @@ class RedisConsumer(base.Consumer):
         if connections is None:
             return
         if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            await asyncio.wait([self._heartbeat])
+            await redisio.cancel(self._heartbeat)
         held, self._held = list(self._held.values()), {}
         for delivery in held:
             try:
