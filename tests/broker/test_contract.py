@@ -223,7 +223,11 @@ async def test_worker_statuses_reach_present_and_late_subscribers(
         ("w1", "running"), ("w1", "failed"), ("w2", "running")]
 
 
-async def test_deliveries_are_counted_across_releases(any_broker: broker.Broker) -> None:
+async def test_releases_are_not_counted_as_deliveries(any_broker: broker.Broker) -> None:
+    """A task given back by a draining worker is not one its workers failed to answer: only
+    deliveries that were never given back count towards ``MAX_DELIVERIES``."""
+    if any_broker.__class__.__name__ == "PulsarBroker":
+        pytest.skip("Pulsar counts a negative ack as a redelivery (documented)")
     await any_broker.publish(TOPIC, make_task("t1"))
     first = any_broker.consumer(TOPIC, GROUP, "c1")
     second = any_broker.consumer(TOPIC, GROUP, "c2")
@@ -231,10 +235,10 @@ async def test_deliveries_are_counted_across_releases(any_broker: broker.Broker)
     assert delivery.attempt == 1
     await first.release(delivery)
     [again] = await second.take(1, timeout=2)
-    assert (again.task.id, again.attempt) == ("t1", 2)
+    assert (again.task.id, again.attempt) == ("t1", 1)
     await second.release(again)
     [third] = await first.take(1, timeout=2)
-    assert third.attempt == 3
+    assert third.attempt == 1
     assert await first.ack(third)
     await first.close()
     await second.close()

@@ -92,3 +92,13 @@ def test_backoff_doubles_to_its_maximum_with_jitter_and_resets() -> None:
     assert backoff.delay == 0.1
     with pytest.raises(ValueError, match="0 < first_s <= max_s"):
         redisio.Backoff(first_s=1, max_s=0.5)
+
+
+def test_the_public_names_of_the_door() -> None:
+    assert sorted(redisio.__all__) == sorted([
+        "DEFAULT_TIMEOUT_S", "RETRIES", "Backoff", "ClaimCursor", "Claimed", "Entry", "Error",
+        "Follower", "Pipeline", "PubSub", "Redis", "ResponseError", "Script", "Target",
+        "blocking_client", "cancel", "client", "create_group", "entries", "has_code",
+        "is_outage", "ping", "redacted", "script", "source", "target", "text", "timeout_of",
+        "within",
+    ])

@@ -144,6 +144,7 @@ class _MemoryConsumer(base.Consumer):
         self._held.discard(delivery.receipt)
         task = self._topic.in_flight.pop(delivery.receipt, None)
         if task is not None:
+            self._topic.deliveries[task.id] -= 1  # given back, not failed: it does not count
             self._topic.waiting.appendleft(task)
             async with self._topic.arrived:
                 self._topic.arrived.notify()

@@ -18,7 +18,8 @@ any worker existed are delivered too.
   (trimmed, or Redis lost its data) is dropped silently, and its worker may finish it.
 - Deliveries: ``Delivery.attempt`` is the entry's delivery count (XREADGROUP: 1; a claim counts
   one more), plus the deliveries before a release (carried in the re-appended entry, field
-  ``d``): every hand-over of a task to a consumer counts.
+  ``d``). A release is a task given back, not one its worker failed to answer: it does not
+  count, so draining workers never push a task over ``MAX_DELIVERIES``.
 - Ack and release check ownership (``ack.lua``, ``release.lua``): a stalled consumer's late ack
   removes nothing another consumer holds now (``ack`` returns False). A stream cannot "unclaim"
   an entry, so a released task is appended again and its old entry acked, atomically.
@@ -161,7 +162,8 @@ class RedisConsumer(base.Consumer):
         with links.unavailable(f"give back task {delivery.task.id} of {self._topic}"):
             await script(keys=[self._stream], args=[
                 self._group, self._name, delivery.receipt, protocol.encode(delivery.task),
-                self._lifetime.settings.min_id(), delivery.attempt,
+                # Given back, not failed: the next delivery is not counted as another attempt.
+                self._lifetime.settings.min_id(), delivery.attempt - 1,
             ])
 
     async def close(self) -> None:
