@@ -120,16 +120,19 @@ class Settings(BaseSettings):
 REDIS_URL_OPTIONS = frozenset({"visibility_timeout_s", "task_ttl_s", "reply_ttl_s", "retention_s"})
 
 
-def split_redis_url(url: str) -> tuple[str, dict[str, float]]:
-    """The URL for redis-py, and uplion's options from its query (``ValueError`` if not numbers)."""
+def split_redis_url(
+    url: str, names: frozenset[str] = REDIS_URL_OPTIONS
+) -> tuple[str, dict[str, float]]:
+    """The URL without the query options ``names`` (uplion's own by default), and those options
+    as numbers (``ValueError`` if not numbers)."""
     base, _, query_text = url.partition("?")
     query = urllib.parse.parse_qsl(query_text, keep_blank_values=True)
     options: dict[str, float] = {}
     for name, value in query:
-        if name in REDIS_URL_OPTIONS:
+        if name in names:
             try:
                 options[name] = float(value)
             except ValueError:
                 raise ValueError(f"URL option {name}={value!r} is not a number") from None
-    rest = urllib.parse.urlencode([(n, v) for n, v in query if n not in REDIS_URL_OPTIONS])
+    rest = urllib.parse.urlencode([(n, v) for n, v in query if n not in names])
     return (f"{base}?{rest}" if rest else base), options

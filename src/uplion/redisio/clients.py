@@ -34,7 +34,7 @@ DEFAULT_TIMEOUT_S = 5.0
 RETRIES = 3
 RETRY_BASE_S = 0.05
 RETRY_CAP_S = 1.0
-_TIMEOUT_OPTIONS = ("socket_timeout", "socket_connect_timeout")
+_TIMEOUT_OPTIONS = frozenset({"socket_timeout", "socket_connect_timeout"})
 
 T = TypeVar("T")
 
@@ -52,21 +52,13 @@ class Target:
 def target(url: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> Target:
     """Parse ``url``; its ``socket_timeout``/``socket_connect_timeout`` override ``timeout_s``."""
     plain, _ = config.split_redis_url(url)
-    base, _, query_text = plain.partition("?")
-    query = urllib.parse.parse_qsl(query_text, keep_blank_values=True)
-    timeouts: dict[str, float] = {}
-    for name, value in query:
-        if name in _TIMEOUT_OPTIONS:
-            try:
-                timeouts[name] = float(value)
-            except ValueError:
-                raise ValueError(f"URL option {name}={value!r} is not a number") from None
-            if timeouts[name] <= 0:
-                raise ValueError(f"URL option {name}={value!r} must be positive")
-    rest = urllib.parse.urlencode([(n, v) for n, v in query if n not in _TIMEOUT_OPTIONS])
+    bare, timeouts = config.split_redis_url(plain, _TIMEOUT_OPTIONS)
+    for name, value in timeouts.items():
+        if value <= 0:
+            raise ValueError(f"URL option {name}={value!r} must be positive")
     command_s = timeouts.get("socket_timeout", timeout_s)
     return Target(
-        url=f"{base}?{rest}" if rest else base,
+        url=bare,
         timeout_s=command_s,
         connect_timeout_s=timeouts.get("socket_connect_timeout", command_s),
     )
