@@ -13,6 +13,7 @@ import pytest
 import pytest_asyncio
 import redis.asyncio
 
+from tests.redisio import waiting
 from tests.redisio.server import RedisProcess
 from uplion import redisio
 from uplion.billing import events, stream
@@ -260,3 +261,64 @@ async def test_redis_read_fails_within_the_timeout_when_redis_is_partitioned(
         await gateway.close()
         await aggregator.close()
         server.stop()
+
+
+async def test_redis_events_no_aggregator_read_are_sent_again_when_redis_restarts_empty(
+    tmp_path: Path,
+) -> None:
+    """Events Redis took but no aggregator read are kept by the gateway; Redis coming back
+    without its data (a new epoch) makes the gateway send them again. Read ones are let go."""
+    server = RedisProcess(tmp_path)
+    gateway = stream.RedisUsageStream(server.url, confirm_every_s=0.05)
+    aggregator = stream.RedisUsageStream(server.url, consumer="agg")
+    try:
+        assert await aggregator.read(10, block_ms=10) == []  # the group exists from here
+        for index in range(3):
+            gateway.emit(make_event(index))
+        read = await read_all(aggregator, 3)
+        await aggregator.ack([entry_id for entry_id, _ in read])
+        for index in range(3, 8):  # taken by Redis, never read
+            gateway.emit(make_event(index))
+        await waiting.until(lambda: _has(server.url, 8))
+        server.restart(keep_data=False)
+        again = await read_all(aggregator, 5)
+        assert sorted(event.event_id for _, event in again) == [f"e{i}" for i in range(3, 8)]
+        assert gateway.dropped == 0
+    finally:
+        await gateway.close()
+        await aggregator.close()
+        server.stop()
+
+
+async def test_redis_a_restart_that_keeps_the_data_sends_nothing_again(tmp_path: Path) -> None:
+    server = RedisProcess(tmp_path)
+    gateway = stream.RedisUsageStream(server.url, confirm_every_s=0.05)
+    aggregator = stream.RedisUsageStream(server.url, consumer="agg")
+    try:
+        assert await aggregator.read(10, block_ms=10) == []
+        for index in range(4):
+            gateway.emit(make_event(index))
+        await waiting.until(lambda: _has(server.url, 4))
+        server.restart(keep_data=True)
+        gateway.emit(make_event(4))  # its pipeline sees the same epoch
+        await waiting.until(lambda: _has(server.url, 5))
+        read = await read_all(aggregator, 5)
+        assert sorted(event.event_id for _, event in read) == [f"e{i}" for i in range(5)]
+        assert await _length(server.url) == 5  # nothing appended twice
+    finally:
+        await gateway.close()
+        await aggregator.close()
+        server.stop()
+
+
+async def _has(url: str, count: int) -> bool:
+    return await _length(url) >= count
+
+
+async def _length(url: str) -> int:
+    """The usage stream's length, on a connection of its own (the server may have restarted)."""
+    raw = redis.asyncio.Redis.from_url(url)
+    try:
+        return int(await raw.xlen(stream.STREAM))
+    finally:
+        await raw.aclose()

@@ -96,7 +96,8 @@ def test_backoff_doubles_to_its_maximum_with_jitter_and_resets() -> None:
 
 def test_the_public_names_of_the_door() -> None:
     assert sorted(redisio.__all__) == sorted([
-        "DEFAULT_TIMEOUT_S", "RETRIES", "Backoff", "ClaimCursor", "Claimed", "Entry", "Error",
+        "DEFAULT_TIMEOUT_S", "EPOCH_KEY", "RETRIES", "Backoff", "ClaimCursor", "Claimed", "Entry",
+        "Epoch", "Error", "epoch_answered", "epoch_proposal",
         "Follower", "Pipeline", "PubSub", "Redis", "ResponseError", "Script", "Target",
         "blocking_client", "cancel", "client", "create_group", "entries", "has_code",
         "is_outage", "ping", "redacted", "script", "source", "target", "text", "timeout_of",

@@ -12,11 +12,18 @@ stream, or any fault is logged (at most every few seconds) and counted in ``drop
 a background task sends the buffer as one pipeline of XADDs every ``linger_s`` (5 ms), or at once
 when ``batch_size`` events wait; a failed pipeline is retried with backoff while the buffer
 (``max_buffer`` events) holds; ``close`` sends what is left, waiting at most ``close_timeout_s``.
-Crash window, honestly: events buffered in a gateway that dies (normally the last few
-milliseconds; everything buffered while Redis is unreachable) are lost, and so are the last
-writes Redis itself had not persisted if Redis dies (its AOF policy decides: ``appendfsync
-everysec`` loses up to a second). A pipeline retried after a lost connection or an error may
-append events twice; the aggregator counts an event id once.
+
+Kept until read: a sent event stays in the gateway's memory until the ``billing`` group has read
+it (its last-delivered id passed the event's entry id), checked every ``confirm_every_s``. Each
+pipeline and each check also reads Redis's epoch (``redisio.Epoch``): when it changed, Redis
+restarted without its data, and every event it took but no aggregator had read is sent again.
+At most ``max_buffer`` events are kept that way (the oldest let go first, with a warning: with
+no aggregator reading, they are safe only as long as Redis keeps its data). An event sent again,
+like one of a pipeline retried after a lost connection, may be appended twice: the aggregator
+counts an event id once. Crash window, honestly: events buffered in a gateway that dies
+(normally the last few milliseconds; everything buffered while Redis is unreachable) are lost,
+and so are events an aggregator had read but not applied when both it and Redis's data are
+lost.
 
 Consumer side: ``read(count, block_ms)`` returns ``(entry id, event)`` pairs and ``ack`` marks
 entries done. An entry read but not acked (its aggregator died, or could not write) is claimed
@@ -53,6 +60,7 @@ import socket
 import time
 import uuid
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import msgspec
 
@@ -68,6 +76,20 @@ DEFAULT_VISIBILITY_TIMEOUT_S = 30.0
 
 Entry = tuple[str, events.UsageEvent]
 """An event as read: its entry id (what ``ack`` takes) and the event."""
+
+
+class _Sent(NamedTuple):
+    """An event Redis took: the epoch it took it in and its entry id (as ``_position``)."""
+
+    epoch: str
+    position: tuple[int, int]
+    event: events.UsageEvent
+
+
+def _position(entry_id: bytes | str) -> tuple[int, int]:
+    """A stream entry id (``"<ms>-<seq>"``) as a pair that sorts like Redis sorts ids."""
+    milliseconds, _, sequence = redisio.text(entry_id).partition("-")
+    return int(milliseconds), int(sequence or 0)
 
 _FIELD = b"e"
 _DROP_LOG_INTERVAL_S = 10.0
@@ -215,6 +237,7 @@ class RedisUsageStream(UsageStream):
         batch_size: int = 500,
         max_buffer: int = 100_000,
         close_timeout_s: float = 5.0,
+        confirm_every_s: float = 1.0,
     ) -> None:
         self._url, options = config.split_redis_url(url)
         self._timeout_s = redisio.target(self._url).timeout_s
@@ -229,7 +252,13 @@ class RedisUsageStream(UsageStream):
         self._batch_size = batch_size
         self._max_buffer = max_buffer
         self._close_timeout_s = close_timeout_s
+        self._confirm_every_s = confirm_every_s
         self._buffer: collections.deque[events.UsageEvent] = collections.deque()
+        self._unread: collections.deque[_Sent] = collections.deque()
+        """Events Redis took that the ``billing`` group has not read yet, oldest first."""
+        self._epoch = redisio.Epoch()
+        self._next_confirm = 0.0
+        self._next_unguarded_log = 0.0
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._redis: redisio.Redis | None = None
@@ -261,17 +290,20 @@ class RedisUsageStream(UsageStream):
             self._drop(1, f"emit failed: {error!r}")
 
     async def _send_loop(self) -> None:
-        """A pipeline every ``linger_s`` or ``batch_size`` events; ends once closed and empty."""
+        """A pipeline every ``linger_s`` or ``batch_size`` events, a read check every
+        ``confirm_every_s`` while events wait for the aggregator; ends once closed and empty."""
         backoff = redisio.Backoff()
         while self._buffer or not self._closing.is_set():
-            if not self._buffer:
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            if len(self._buffer) < self._batch_size and not self._closing.is_set():
-                with contextlib.suppress(TimeoutError):  # linger: let the pipeline fill
-                    await asyncio.wait_for(self._closing.wait(), self._linger_s)
             try:
+                if self._unread and time.monotonic() >= self._next_confirm:
+                    self._next_confirm = time.monotonic() + self._confirm_every_s
+                    await self._confirm()
+                if not self._buffer:
+                    await self._idle()
+                    continue
+                if len(self._buffer) < self._batch_size and not self._closing.is_set():
+                    with contextlib.suppress(TimeoutError):  # linger: let the pipeline fill
+                        await asyncio.wait_for(self._closing.wait(), self._linger_s)
                 await self._send()
             except Exception as error:  # keep the events and try again, whatever went wrong
                 logger.warning("sending %d usage events failed (%s); retrying in up to %.1f s",
@@ -280,19 +312,81 @@ class RedisUsageStream(UsageStream):
             else:
                 backoff.reset()
 
+    async def _idle(self) -> None:
+        """Wait for events to send (or ``close``), or for the next read check."""
+        self._wake.clear()
+        if not self._unread:
+            await self._wake.wait()
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(),
+                                   max(0.0, self._next_confirm - time.monotonic()))
+
     async def _send(self) -> None:
         """One pipeline of XADDs for the oldest buffered events; they go back on failure."""
         count = min(len(self._buffer), self._batch_size)
         batch = [self._buffer.popleft() for _ in range(count)]
         min_id = str(int((time.time() - self.retention_s) * 1000))
+        proposed = redisio.epoch_proposal()
         try:
             async with self._open_redis()[0].pipeline(transaction=False) as pipe:
+                pipe.set(redisio.EPOCH_KEY, proposed, nx=True, get=True)
                 for event in batch:
                     pipe.xadd(STREAM, {_FIELD: events.encode(event)}, minid=min_id)
-                await pipe.execute()
+                answers = await pipe.execute()
         except BaseException:
             self._buffer.extendleft(reversed(batch))
             raise
+        epoch = redisio.epoch_answered(answers[0], proposed)
+        self._see_epoch(epoch)
+        for entry_id, event in zip(answers[1:], batch, strict=True):
+            self._unread.append(_Sent(epoch, _position(entry_id), event))
+        self._bound_unread()
+
+    async def _confirm(self) -> None:
+        """Let go of the events the aggregators have read; send again those Redis lost."""
+        proposed = redisio.epoch_proposal()
+        async with self._open_redis()[0].pipeline(transaction=False) as pipe:
+            pipe.set(redisio.EPOCH_KEY, proposed, nx=True, get=True)
+            pipe.xinfo_groups(STREAM)
+            previous, groups = await pipe.execute(raise_on_error=False)
+        if isinstance(previous, Exception):
+            raise previous
+        self._see_epoch(redisio.epoch_answered(previous, proposed))
+        if isinstance(groups, Exception):
+            if "no such key" in str(groups):
+                return  # nothing sent since Redis came back, and no aggregator yet
+            raise groups
+        info = next((g for g in groups if redisio.text(g["name"]) == GROUP), None)
+        if info is None:
+            return  # no aggregator has read anything yet
+        delivered = _position(info["last-delivered-id"])
+        while self._unread and self._unread[0].position <= delivered:
+            self._unread.popleft()
+
+    def _see_epoch(self, epoch: str) -> None:
+        """Put back in the send buffer every unread event Redis took in another epoch."""
+        self._epoch.observe(epoch)
+        lost = [sent for sent in self._unread if sent.epoch != epoch]
+        if not lost:
+            return
+        self._unread = collections.deque(sent for sent in self._unread if sent.epoch == epoch)
+        self._buffer.extendleft(reversed([sent.event for sent in lost]))
+        logger.warning("Redis lost its data (its epoch changed): sending again the %d usage "
+                       "events no aggregator had read", len(lost))
+
+    def _bound_unread(self) -> None:
+        excess = len(self._unread) - self._max_buffer
+        if excess <= 0:
+            return
+        for _ in range(excess):
+            self._unread.popleft()
+        now = time.monotonic()
+        if now >= self._next_unguarded_log:
+            self._next_unguarded_log = now + _DROP_LOG_INTERVAL_S
+            logger.warning("no aggregator has read the last %d usage events: the oldest are no "
+                           "longer kept here and would be lost if Redis lost its data",
+                           len(self._unread))
 
     async def close(self) -> None:
         """Send what is buffered (waiting at most a few seconds), then disconnect."""

@@ -99,6 +99,19 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     def consumer(self, topic: str, group: str, name: str) -> Consumer: ...
 
+    @property
+    def generation(self) -> int:
+        """How many times the broker found it had lost what it held (tasks published and
+        replies sent before: a Redis restarted without its data); read it after ``publish``
+        returns to know which loss a task would be part of."""
+        return 0
+
+    def on_data_lost(self, handler: Callable[[int], None]) -> None:
+        """Call ``handler(generation)`` when the broker finds such a loss: the tasks published
+        with a lower ``generation`` will never be answered. Brokers that cannot lose what they
+        took (the embedded one dies with its process; Pulsar persists) never call it."""
+        del handler
+
     @abc.abstractmethod
     async def send_reply(self, address: str, chunk: protocol.Chunk) -> None: ...
 

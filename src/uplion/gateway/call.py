@@ -6,7 +6,7 @@ usage)``: synchronous and idempotent, and the first thing done on every end:
 
 - answered (the final chunk: the worker's usage), failed (an error chunk, or chunks lost on the
   way), timed out (a timer at the deadline, whether or not anyone is reading), the client gone,
-  the broker unreachable;
+  the broker unreachable, the task lost by the broker (503 at once, not a wait to the deadline);
 - ``finish`` counts the request in the metrics and closes its ledger entry (the usage event,
   the settlement) before anything that can fail or wait. When the client left while a worker
   may be generating, the entry is held for ``grace_s`` to receive the worker's report of what it
@@ -50,6 +50,7 @@ ANSWERED = Outcome(200, "answered")
 TIMED_OUT = Outcome(504, "timed out")
 CLIENT_GONE = Outcome(499, "client gone")
 BROKER_ERROR = Outcome(503, "broker unreachable")
+TASK_LOST = Outcome(503, "task lost by the broker")
 
 
 def failed(status: int) -> Outcome:
@@ -83,7 +84,7 @@ class Call:
         self._replied = False  # the worker ended the reply: nothing to cancel
         self._deadline = asyncio.get_running_loop().call_later(
             max(0.0, task.deadline - time.time()), self._timed_out)
-        replies.follow(task.id, self._offer)
+        replies.follow(task.id, self._offer, self._lost)
         metrics.inflight.set(replies.inflight)
 
     @property
@@ -187,6 +188,15 @@ class Call:
             else:
                 status = accepted.error.status if accepted.error else 500
                 self.finish(failed(status), accepted.usage)
+
+    def _lost(self) -> None:
+        """The broker lost the task (and any reply not read yet): nobody will answer it. The
+        cancellation still goes out: a worker that took the task before the loss may be at
+        it."""
+        self._end_with(TASK_LOST, errors.ApiError(protocol.ErrorInfo(
+            f"The request queue lost this request to `{self.route.spec.name}` (Redis restarted "
+            "without its data); retry the request.", code="task_lost", status=503,
+        ), {"Retry-After": "1", VERSION_HEADER: self.route.spec.version}))
 
     def _timed_out(self) -> None:
         spec = self.route.spec

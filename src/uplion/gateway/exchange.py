@@ -93,6 +93,7 @@ class Exchange:
                 "The request queue is unreachable right now; retry shortly.",
                 code="broker_unavailable", status=503,
             ), headers={"Retry-After": "1", VERSION_HEADER: spec.version}) from error
+        self.relay.published(task_id)
         if model_health.phase == "Pending":  # cold start: say where the request waits
             await self._queue_position(opened)
         return opened

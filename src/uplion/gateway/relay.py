@@ -2,7 +2,9 @@
 
 Each gateway instance has one reply address. Chunks arrive there for every task it published;
 ``Relay`` hands each to the handler registered for its task (the request's ``Call``) and drops
-those of tasks it no longer follows.
+those of tasks it no longer follows. When the broker reports that it lost what it held (a Redis
+restarted without its data), the relay tells each task published before the loss that it is
+lost: no worker will ever answer it.
 
 ``Reassembly`` holds the rules of one task's reply. A task redelivered after its worker died
 answers again from ``seq`` 0 under a new ``delivery`` and a higher ``attempt``:
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -30,6 +33,13 @@ import msgspec
 from uplion import broker, protocol
 
 ChunkHandler = Callable[[protocol.Chunk], None]
+
+
+@dataclass(slots=True)
+class _Followed:
+    on_chunk: ChunkHandler
+    on_lost: Callable[[], None]
+    generation: int | None = None  # the broker's at publication; None: not published yet
 
 
 class ChunksLost(Exception):
@@ -40,28 +50,42 @@ class Relay:
     def __init__(self, source: broker.Broker, address: str | None = None) -> None:
         self.broker = source
         self.address = address or f"gw-{uuid.uuid4().hex[:12]}"
-        self._handlers: dict[str, ChunkHandler] = {}
+        self._followed: dict[str, _Followed] = {}
 
     async def start(self) -> None:
+        self.broker.on_data_lost(self._on_data_lost)
         await self.broker.subscribe_replies(self.address, self._on_chunk)
 
     @property
     def inflight(self) -> int:
         """Tasks whose replies this gateway follows."""
-        return len(self._handlers)
+        return len(self._followed)
 
-    def follow(self, task_id: str, handler: ChunkHandler) -> None:
-        """Hand every chunk of ``task_id`` to ``handler`` until ``forget``; call it before the
-        task is published, so that no chunk arrives unrouted."""
-        self._handlers[task_id] = handler
+    def follow(self, task_id: str, on_chunk: ChunkHandler, on_lost: Callable[[], None]) -> None:
+        """Hand every chunk of ``task_id`` to ``on_chunk`` until ``forget``, and call
+        ``on_lost`` if the broker loses the task once ``published``; call it before the task
+        is published, so that no chunk arrives unrouted."""
+        self._followed[task_id] = _Followed(on_chunk, on_lost)
+
+    def published(self, task_id: str) -> None:
+        """The broker took the task (its ``publish`` returned)."""
+        followed = self._followed.get(task_id)
+        if followed is not None:
+            followed.generation = self.broker.generation
 
     def forget(self, task_id: str) -> None:
-        self._handlers.pop(task_id, None)
+        self._followed.pop(task_id, None)
+
+    def _on_data_lost(self, generation: int) -> None:
+        lost = [followed for followed in self._followed.values()
+                if followed.generation is not None and followed.generation < generation]
+        for followed in lost:
+            followed.on_lost()
 
     def _on_chunk(self, chunk: protocol.Chunk) -> None:
-        handler = self._handlers.get(chunk.task_id)
-        if handler is not None:
-            handler(chunk)
+        followed = self._followed.get(chunk.task_id)
+        if followed is not None:
+            followed.on_chunk(chunk)
 
 
 class Reassembly:

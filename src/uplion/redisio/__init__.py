@@ -37,6 +37,9 @@ Public API (stable)::
     source(package, *file_names) -> str; script(redis, package, *file_names) -> Script
     # tasks
     async cancel(*tasks) -> None   # cancel until they end (redis-py may swallow one cancel)
+    # the epoch key: did Redis lose its data? (SET uplion:epoch <proposal> NX GET)
+    EPOCH_KEY; epoch_proposal() -> str; epoch_answered(previous, proposed) -> str
+    Epoch(): .value, .generation, .observe(value) -> bool, async .claim(redis) -> bool
 """
 
 from __future__ import annotations
@@ -56,6 +59,10 @@ from uplion.redisio.clients import (
     timeout_of,
     within,
 )
+from uplion.redisio.epoch import KEY as EPOCH_KEY
+from uplion.redisio.epoch import Epoch
+from uplion.redisio.epoch import answered as epoch_answered
+from uplion.redisio.epoch import proposal as epoch_proposal
 from uplion.redisio.errors import Error, ResponseError, has_code, is_outage
 from uplion.redisio.follower import Follower
 from uplion.redisio.lua import Script, script, source
@@ -63,9 +70,10 @@ from uplion.redisio.streams import ClaimCursor, Claimed, Entry, create_group, en
 from uplion.redisio.tasks import cancel
 
 __all__ = [
-    "DEFAULT_TIMEOUT_S", "RETRIES", "Backoff", "ClaimCursor", "Claimed", "Entry", "Error",
-    "Follower", "Pipeline", "PubSub", "Redis", "ResponseError", "Script", "Target",
-    "blocking_client", "cancel", "client", "create_group", "entries", "has_code", "is_outage",
+    "DEFAULT_TIMEOUT_S", "EPOCH_KEY", "RETRIES", "Backoff", "ClaimCursor", "Claimed", "Entry",
+    "Epoch", "Error", "Follower", "Pipeline", "PubSub", "Redis", "ResponseError", "Script",
+    "Target", "blocking_client", "cancel", "client", "create_group", "entries", "epoch_answered",
+    "epoch_proposal", "has_code", "is_outage",
     "ping", "redacted", "script", "source", "target", "text", "timeout_of", "within",
 ]
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from uplion import protocol, redisio
 from uplion.broker import base
 from uplion.broker.redis_streams import links, replies, signals, topics
@@ -51,6 +53,13 @@ class RedisStreamsBroker(base.Broker):
 
     async def publish(self, topic: str, task: protocol.Task) -> None:
         await self._topics.publish(topic, task)
+
+    @property
+    def generation(self) -> int:
+        return self._lifetime.epoch.generation
+
+    def on_data_lost(self, handler: Callable[[int], None]) -> None:
+        self._lifetime.data_lost = handler
 
     def consumer(self, topic: str, group: str, name: str) -> base.Consumer:
         return topics.RedisConsumer(self._lifetime, topic, group, name)

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -144,12 +144,31 @@ async def _close(client: redisio.Redis) -> None:
 
 
 class Lifetime:
-    """The broker's links: opened in the running loop on first use, closed once."""
+    """The broker's links: opened in the running loop on first use, closed once; and the Redis
+    epoch it has seen (``redisio.Epoch``), whose changes are reported to ``data_lost``."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._links: Links | None = None
         self.closed = False
+        self.epoch = redisio.Epoch()
+        self.data_lost: Callable[[int], None] | None = None
+
+    def saw_epoch(self, value: str) -> None:
+        """The epoch a command answered; a change means Redis lost what it held before."""
+        if self.epoch.observe(value):
+            self._report_loss()
+
+    async def check_epoch(self, redis: redisio.Redis) -> None:
+        """Read the epoch (setting it when absent), as ``saw_epoch``."""
+        if await self.epoch.claim(redis):
+            self._report_loss()
+
+    def _report_loss(self) -> None:
+        logger.error("Redis lost its data (it restarted empty): the tasks and replies it held "
+                     "are gone")
+        if self.data_lost is not None:
+            self.data_lost(self.epoch.generation)
 
     def open(self) -> Links:
         if self.closed:

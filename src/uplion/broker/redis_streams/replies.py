@@ -10,7 +10,12 @@ for topics), and the reader trims what it has read (``XTRIM MINID ~ <after>``, a
 ``_TRIM_EVERY_S``), so the stream holds little more than what its gateway has not read yet.
 
 Outages: a failed read is retried with backoff from the same position, so chunks sent while the
-reader could not reach Redis are delivered once it can, as long as Redis kept them.
+reader could not reach Redis are delivered once it can, as long as Redis kept them. Whether it
+did is checked (Redis's epoch, ``links.Lifetime.check_epoch``) when the reader starts, and then
+after a read at most every ``_EPOCH_CHECK_EVERY_S`` (so within a read's block when idle: a
+restart may never surface as an error here, the client reconnecting by itself): a Redis that
+came back empty lost the chunks and the tasks of this gateway's requests, which the broker
+reports (``Broker.on_data_lost``).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ logger = logging.getLogger(__name__)
 _BATCH = 512
 _BLOCK_MS = 5_000
 _TRIM_EVERY_S = 1.0
+_EPOCH_CHECK_EVERY_S = 1.0
 
 
 class Replies:
@@ -61,6 +67,7 @@ class Replies:
         try:
             with links.unavailable(f"find the end of the replies to {address}"):
                 last = await connections.redis.xrevrange(key, count=1)
+                await self._lifetime.check_epoch(connections.redis)
         except BaseException:
             del self._handlers[address]
             raise
@@ -72,6 +79,7 @@ class Replies:
         client = connections.reader()
         backoff = redisio.Backoff()
         next_trim = 0.0
+        next_epoch_check = connections.loop.time() + _EPOCH_CHECK_EVERY_S
         failing = False
         try:
             while True:
@@ -88,6 +96,9 @@ class Replies:
                     logger.info("reading the replies to %s again", address)
                 failing = False
                 backoff.reset()
+                if connections.loop.time() >= next_epoch_check:
+                    next_epoch_check = connections.loop.time() + _EPOCH_CHECK_EVERY_S
+                    await self._check_epoch(connections)
                 read = redisio.entries(response)
                 for entry in read:
                     after = entry.id
@@ -97,6 +108,12 @@ class Replies:
                     await _trim(connections.redis, key, after)
         finally:
             await connections.close_reader(client)
+
+    async def _check_epoch(self, connections: links.Links) -> None:
+        try:
+            await self._lifetime.check_epoch(connections.redis)
+        except redisio.Error as error:  # the next publish or recovery checks again
+            logger.warning("could not check whether Redis kept its data: %s", error)
 
     def _deliver(self, address: str, entry: redisio.Entry) -> None:
         handler = self._handlers.get(address)

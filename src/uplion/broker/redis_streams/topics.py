@@ -71,8 +71,10 @@ class Topics:
             )
         script = self.lifetime.open().script(*_PUBLISH)
         with links.unavailable(f"publish task {task.id} to {topic}"):
-            await script(keys=[keys.TOPIC_PREFIX + topic],
-                         args=[settings.min_id(), protocol.encode(task)])
+            epoch = await script(keys=[keys.TOPIC_PREFIX + topic, redisio.EPOCH_KEY],
+                                 args=[settings.min_id(), protocol.encode(task),
+                                       redisio.epoch_proposal()])
+        self.lifetime.saw_epoch(redisio.text(epoch))
 
     async def backlog(self, topic: str, group: str) -> base.Backlog:
         redis = self.lifetime.open().redis
