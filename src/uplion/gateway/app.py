@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from uplion import billing, broker, config, protocol, schemas, web
+from uplion import billing, broker, config, protocol, redisio, schemas, web
 from uplion.accounts import AccountService, Database, PrincipalCache
 from uplion.gateway import (
     admin,
@@ -133,9 +133,9 @@ async def _first_backlog(
 
 
 async def _stop(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    """Cancel a loop that reads from the broker or Redis and wait until it ended
+    (``redisio.cancel``: redis-py may swallow one cancellation)."""
+    await redisio.cancel(task)
 
 
 def _render(request: Request, error: protocol.ErrorInfo, headers: dict[str, str]) -> Response:
