@@ -1,7 +1,13 @@
-"""tritonclient's HTTP client against a running uplion, signed in with a bearer token."""
+"""tritonclient's HTTP client against a running uplion, signed in with a bearer token; and the
+fixtures of the v2 tests, ``http`` and ``client``, on the ``served`` platform the test
+module or its conftest provides."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import httpx
+import pytest
 import tritonclient.http as triton
 from tritonclient._plugin import InferenceServerClientPlugin
 from tritonclient._request import Request
@@ -19,8 +25,23 @@ class BearerToken(InferenceServerClientPlugin):  # type: ignore[misc]
         request.headers["Authorization"] = f"Bearer {self.token}"
 
 
-def client(served: helpers.Served) -> triton.InferenceServerClient:
+def connect(served: helpers.Served) -> triton.InferenceServerClient:
     """A client of ``served``'s v2 API with its admin token; close it when done."""
     instance = triton.InferenceServerClient(served.url.removeprefix("http://"))
     instance.register_plugin(BearerToken(served.admin_token or ""))
     return instance
+
+
+@pytest.fixture
+def http(served: helpers.Served) -> Iterator[httpx.Client]:
+    """An HTTP client of ``served`` with its admin token."""
+    with httpx.Client(base_url=served.url, headers=served.headers, timeout=10) as instance:
+        yield instance
+
+
+@pytest.fixture
+def client(served: helpers.Served) -> Iterator[triton.InferenceServerClient]:
+    """``connect(served)``, closed after the test."""
+    instance = connect(served)
+    yield instance
+    instance.close()

@@ -1,7 +1,7 @@
 """A cluster of real uplion processes for the fault tests: Redis, gateways, workers, billing.
 
-``RedisServer`` is a redis-server of the test's own on a fixed port, without persistence: ``stop``
-and ``start`` again is a Redis that lost everything, as after a crash of a cache-only Redis.
+The cluster's Redis is a ``RedisProcess`` of the test's own, without persistence: ``stop`` and
+``start`` again is a Redis that lost everything, as after a crash of a cache-only Redis.
 ``Cluster`` spawns ``uplion gateway``, ``uplion worker`` and ``uplion billing`` processes on it
 and on a PostgreSQL database, waits until they serve, and stops every one of them at the end.
 It also reads the state the tests wait on: the usage stream's backlog, a quota counter, the
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
 import signal
 import subprocess
 import time
@@ -28,63 +27,13 @@ import redis
 
 from tests import helpers
 from tests.ports import free_port
+from tests.redisio.server import RedisProcess
 from uplion import billing
 from uplion.accounts import db
 
 START_TIMEOUT_S = 60.0
 MODELS = Path(__file__).parent / "models.yaml"
 USAGE_STREAM, USAGE_GROUP = "uplion:usage", "billing"  # docs/accounts.md, "Billing"
-
-
-class RedisServer:
-    """redis-server on a free loopback port, nothing saved: a restart starts it empty."""
-
-    def __init__(self, workdir: Path) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.fail("redis-server is not installed: run `make test`, which installs it")
-        self._binary = binary
-        self._workdir = workdir
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self._process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def running(self) -> bool:
-        return self._process is not None
-
-    def start(self) -> None:
-        self._process = subprocess.Popen(
-            [self._binary, "--port", str(self.port), "--bind", "127.0.0.1",
-             "--dir", str(self._workdir), "--save", "", "--appendonly", "no",
-             "--logfile", str(self._workdir / "redis.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-        )
-        client = self.client()
-        give_up = time.monotonic() + 10
-        try:
-            while True:
-                try:
-                    client.ping()
-                    return
-                except redis.ConnectionError:
-                    if time.monotonic() > give_up or self._process.poll() is not None:
-                        self.stop()
-                        pytest.fail(f"redis-server did not start: see {self._workdir}/redis.log")
-                    time.sleep(0.02)
-        finally:
-            client.close()
-
-    def stop(self) -> None:
-        """Shut it down (it saves nothing); its port refuses connections until ``start``."""
-        process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            process.wait(timeout=10)
-
-    def client(self) -> redis.Redis:
-        """A plain client, answering ``str``."""
-        return redis.Redis.from_url(self.url, socket_timeout=5, decode_responses=True)
 
 
 @dataclass(frozen=True)
@@ -113,7 +62,7 @@ class Cluster:
     (the broker's visibility timeout); the aggregator flushes every 0.2 s."""
 
     tmp: Path
-    redis: RedisServer
+    redis: RedisProcess
     database_url: str
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     gateways: dict[str, str] = field(default_factory=dict)
@@ -304,8 +253,7 @@ def running(tmp: Path, database_url: str) -> Iterator[Cluster]:
     """A cluster on a Redis of its own; every process and the Redis stopped at the end."""
     workdir = tmp / "redis"
     workdir.mkdir()
-    server = RedisServer(workdir)
-    server.start()
+    server = RedisProcess(workdir, persist=False)
     cluster: Cluster | None = None
     try:
         cluster = Cluster(tmp, server, database_url)

@@ -11,26 +11,15 @@ import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
 from tests import helpers
-from tests.triton import client as triton_client
+from tests.triton import client, http
+
+__all__ = ["client", "http"]  # the fixtures of these tests
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[helpers.Served]:
     with helpers.platform(tmp_path_factory.mktemp("v2")) as running:
         yield running
-
-
-@pytest.fixture
-def http(served: helpers.Served) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=served.url, headers=served.headers, timeout=10) as instance:
-        yield instance
-
-
-@pytest.fixture
-def client(served: helpers.Served) -> Iterator[triton.InferenceServerClient]:
-    instance = triton_client(served)
-    yield instance
-    instance.close()
 
 
 def _texts(name: str, texts: list[str]) -> triton.InferInput:

@@ -33,7 +33,7 @@ from tests import helpers
 from tests.engines import tensor_models, tiny_models
 from tests.fetch.helpers import hub_repo
 from tests.fetch.servers import FileServer, Route, S3Server
-from tests.triton import client as triton_client
+from tests.triton import connect as triton_client
 
 BUCKET = "demmodels"
 pytestmark = pytest.mark.slow

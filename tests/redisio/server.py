@@ -2,8 +2,9 @@
 
 ``RedisProcess`` runs redis-server on a free loopback port with a data folder and an append-only
 file, so a restart on the same port keeps what was written (``restart(keep_data=False)`` starts
-it empty). ``freeze``/``thaw`` stop and continue the process (SIGSTOP/SIGCONT): a network
-partition without a reset, connections stay open and nothing answers.
+it empty); with ``persist=False`` it saves nothing, as a cache-only Redis: every ``stop`` and
+``start`` loses everything. ``freeze``/``thaw`` stop and continue the process (SIGSTOP and
+SIGCONT): a network partition without a reset, connections stay open and nothing answers.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ _START_TIMEOUT_S = 10.0
 
 
 class RedisProcess:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, persist: bool = True) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.fail("redis-server is not installed: run `make test`, which installs it")
@@ -33,14 +34,24 @@ class RedisProcess:
         self._workdir = workdir
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._persistence = (["--appendonly", "yes", "--appendfsync", "always"] if persist
+                             else ["--appendonly", "no"])
         self._process: subprocess.Popen[bytes] | None = None
         self.start()
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None
+
+    def client(self) -> redis.Redis:
+        """A plain client, answering ``str``."""
+        return redis.Redis.from_url(self.url, socket_timeout=5, decode_responses=True)
 
     def start(self) -> None:
         self._process = subprocess.Popen(
             [self._binary, "--port", str(self.port), "--bind", "127.0.0.1",
-             "--dir", str(self._workdir), "--save", "", "--appendonly", "yes",
-             "--appendfsync", "always", "--logfile", str(self._workdir / "redis.log")],
+             "--dir", str(self._workdir), "--save", "", *self._persistence,
+             "--logfile", str(self._workdir / "redis.log")],
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
         )
         client = redis.Redis.from_url(self.url)

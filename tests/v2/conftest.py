@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import httpx
 import pytest
-import tritonclient.http as triton
 
 from tests import helpers
-from tests.triton import client as triton_client
+from tests.triton import client, http
+
+__all__ = ["client", "http"]  # the fixtures of these tests
 
 MODELS = """\
 models:
@@ -43,16 +43,3 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[helpers.Served]
     models.write_text(MODELS)
     with helpers.platform(tmp, models=models) as running:
         yield running
-
-
-@pytest.fixture
-def http(served: helpers.Served) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=served.url, headers=served.headers, timeout=10) as instance:
-        yield instance
-
-
-@pytest.fixture
-def client(served: helpers.Served) -> Iterator[triton.InferenceServerClient]:
-    instance = triton_client(served)
-    yield instance
-    instance.close()
