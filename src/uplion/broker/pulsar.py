@@ -45,7 +45,7 @@ Choices:
   (``STATUS_MEMORY_S``) on the namespace keeps a failed model's status for the whole time.
 - Outages: every call that fails on Pulsar (refused, timed out after ``operation_timeout_s``,
   disconnected) raises ``BrokerUnavailable``; the client reconnects by itself, and the readers
-  of replies, cancellations and statuses retry with backoff (``redisio.Backoff``, the one backoff
+  of replies, cancellations and statuses retry with backoff (``uplion.backoff``, the one backoff
   policy of uplion's loops). ``close`` never raises because Pulsar is down.
 - Event loop: ``start`` connects in the running loop, and the broker then lives in that loop.
 """
@@ -67,7 +67,8 @@ import msgspec
 import pulsar
 import pulsar.asyncio
 
-from uplion import protocol, redisio
+from uplion import protocol
+from uplion.backoff import Backoff
 from uplion.broker import base, pulsar_admin, pulsar_names
 
 logger = logging.getLogger(__name__)
@@ -269,7 +270,7 @@ class PulsarBroker(base.Broker):
     async def _follow(self, reader: pulsar.asyncio.Reader, dispatch: Callable[[bytes], None]
                       ) -> None:
         """Hand each message the reader reads to ``dispatch`` until the broker closes."""
-        backoff = redisio.Backoff()
+        backoff = Backoff()
         while True:
             try:
                 message = await reader.read_next()

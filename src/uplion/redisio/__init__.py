@@ -47,7 +47,7 @@ from __future__ import annotations
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline, PubSub
 
-from uplion.redisio.backoff import Backoff
+from uplion.backoff import Backoff
 from uplion.redisio.clients import (
     DEFAULT_TIMEOUT_S,
     RETRIES,

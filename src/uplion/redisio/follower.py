@@ -22,8 +22,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
+from uplion.backoff import Backoff
 from uplion.redisio import clients, errors
-from uplion.redisio.backoff import Backoff
 
 __all__ = ["Follower"]
 
