@@ -6,11 +6,12 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/pip --disable-pip-version-check -q
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := $(VENV)/.installed
-# Debian packages the test suite runs for real (and npm, for the Argo schema packages).
-TEST_PACKAGES := redis-server postgresql chromium debootstrap
+# Debian packages the test suite runs for real (and npm, for the bundle tests' @kubernetes-models packages).
+TEST_PACKAGES := redis-server postgresql chromium debootstrap \
+	buildah podman runc fuse-overlayfs slirp4netns uidmap prometheus
 BENCH_PACKAGES := wrk
 
-.PHONY: run test lint typecheck pytest venv system-packages bench clean
+.PHONY: run test lint typecheck pytest venv system-packages image bench clean
 
 run: $(STAMP)
 	$(BIN)/uplion run
@@ -47,8 +48,13 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP) system-packages
+pytest: $(STAMP) system-packages image
 	$(BIN)/pytest -q
+
+# The CPU image (buildah; tagged by a hash of its inputs, so it is rebuilt only when the
+# Dockerfile, the lock file, pyproject.toml or src/ change). ACCELERATOR=cuda: the CUDA variant.
+image: system-packages
+	scripts/image-build.sh
 
 bench: $(STAMP)
 	$(MAKE) system-packages TEST_PACKAGES="$(TEST_PACKAGES) $(BENCH_PACKAGES)"

@@ -89,7 +89,7 @@ class Settings(BaseSettings):
     )
     streams_per_token: int = Field(
         default=64, ge=1, description="Streamed answers one API token may have open at once, "
-        "per gateway (429 beyond).",
+        "across every gateway sharing the Redis (429 beyond).",
     )
     metrics_port: int | None = Field(
         default=None, ge=1, le=65535, description="Serve /metrics on this port alone (no "
@@ -104,6 +104,10 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     log_level: str = "info"
+    log_format: Literal["auto", "json", "text"] = Field(
+        default="auto", description="Logs as text or as a JSON object a line; auto: text on a "
+        "terminal, JSON elsewhere (a file, a pipe, a container's log).",
+    )
 
     def shared_redis_url(self) -> str | None:
         """The Redis that gateways share state through, if any."""

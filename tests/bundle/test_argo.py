@@ -1,6 +1,6 @@
 """The GitOps tree (argocd/) and the rollout workflows (workflows/), validated offline.
 
-Argo objects against the Argo CD and Argo Workflows models (argo_models: unknown fields fail), RBAC
+Argo objects against the Argo CD and Argo Workflows models (crd_models: unknown fields fail), RBAC
 with kubernetes-validate, every Application's Helm values through a real ``helm template`` of the
 chart it names (its values.schema.json) with each rendered object validated, and the rollout's
 commands against the options of ``uplion rollout``.
@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.bundle import argo_models, conftest
+from tests.bundle import conftest, crd_models
 
 ARGOCD = conftest.ROOT / "argocd"
 WORKFLOWS = conftest.ROOT / "workflows"
@@ -29,7 +29,8 @@ ROLLOUT_OPTIONS = {
     "smoke": ({"--model", "--version"}, {"--requests"}),
     "evaluate": (
         {"--model", "--version"},
-        {"--window", "--max-error-rate", "--max-p95-ms", "--min-requests", "--drive"},
+        {"--window", "--max-error-rate", "--max-p95-ms", "--min-requests", "--drive",
+         "--prometheus", "--baseline", "--max-p95-ratio"},
     ),
     "set-weight": ({"--model", "--version", "--weight"}, set()),
     "promote": ({"--model", "--version"}, set()),
@@ -70,7 +71,7 @@ def test_every_argo_object_is_valid() -> None:
         "WorkflowTemplate",
         "CronWorkflow",
     }
-    errors = argo_models.validate(objects)
+    errors = crd_models.validate(objects)
     assert not any(errors), [
         (o["metadata"]["name"], e) for o, e in zip(objects, errors, strict=True) if e
     ]
@@ -124,7 +125,7 @@ def _swap_key(obj: dict[str, Any], path: list[Any], typo: str) -> dict[str, Any]
 )
 def test_a_typo_in_an_application_fails(name: str, path: list[Any], typo: str) -> None:
     app = by_name()[name]
-    assert argo_models.validate([app, _swap_key(app, path, typo)])[1]
+    assert crd_models.validate([app, _swap_key(app, path, typo)])[1]
 
 
 def test_a_typo_in_the_project_and_the_workflows_fails() -> None:
@@ -143,7 +144,7 @@ def test_a_typo_in_the_project_and_the_workflows_fails() -> None:
         _swap_key(wt, ["spec", "templates", 0, "steps", 4, 0, "withParam"], "withParams"),
         _swap_key(cron, ["spec", "concurrencyPolicy"], "concurencyPolicy"),
     ]
-    assert all(argo_models.validate(broken))
+    assert all(crd_models.validate(broken))
 
 
 def test_one_release_per_model_and_environment() -> None:
@@ -244,7 +245,8 @@ def test_project_allows_exactly_what_the_applications_use() -> None:
     "name", sorted(n for n, a in by_name().items() if "helm" in a["spec"]["source"])
 )
 def test_application_values_render_valid_objects(
-    helm: Path, helm_env: dict[str, str], validate_object: Validate, tmp_path: Path, name: str
+    helm: Path, helm_env: dict[str, str], validate_objects: conftest.ValidateObjects,
+    tmp_path: Path, name: str,
 ) -> None:
     app = by_name()[name]
     source = app["spec"]["source"]
@@ -269,8 +271,7 @@ def test_application_values_render_valid_objects(
     rendered = conftest.documents(done.stdout)
     assert rendered
     assert "CustomResourceDefinition" not in {o["kind"] for o in rendered}
-    for obj in rendered:
-        validate_object(obj)
+    validate_objects(rendered)
 
 
 def _rollout_calls() -> dict[str, list[str]]:
@@ -348,7 +349,7 @@ def test_the_trigger_starts_a_valid_workflow_of_the_template() -> None:
     assert start["action"] == "apply"
     manifest = start["manifest"].replace("{{inputs.parameters.model}}", "smollm2-135m-instruct")
     workflow = yaml.safe_load(manifest.replace("{{inputs.parameters.version}}", "2"))
-    assert argo_models.validate([workflow]) == [[]]
+    assert crd_models.validate([workflow]) == [[]]
     assert workflow["metadata"]["name"] == "rollout-smollm2-135m-instruct-2"
     assert workflow["spec"]["workflowTemplateRef"]["name"] == template()["metadata"]["name"]
     given = {p["name"] for p in workflow["spec"]["arguments"]["parameters"]}

@@ -151,21 +151,20 @@ def _running(ec2: Any) -> dict[str, dict[str, Any]]:
     return {next(tag["Value"] for tag in i["Tags"] if tag["Key"] == "Name"): i for i in instances}
 
 
-def _debian_image(ec2: Any) -> str:
-    """An x86_64 image named like Debian's, owned by moto's account (moto keeps an image's
-    architecture only when it is made from an instance)."""
+def _ubuntu_image(ec2: Any) -> str:
+    """An x86_64 image named like Canonical's Ubuntu 24.04, owned by moto's account (moto keeps
+    an image's architecture only when it is made from an instance)."""
     filters = [{"Name": "architecture", "Values": ["x86_64"]}]
     base = ec2.describe_images(Filters=filters)["Images"][0]["ImageId"]
     instance = ec2.run_instances(ImageId=base, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
-    image: str = ec2.create_image(InstanceId=instance, Name="debian-12-amd64-20261101-1234")[
-        "ImageId"
-    ]
+    name = "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-20260801"
+    image: str = ec2.create_image(InstanceId=instance, Name=name)["ImageId"]
     ec2.terminate_instances(InstanceIds=[instance])
     return image
 
 
 def test_provision_rerun_shrink_and_tear_down(tmp_path: Path, endpoint: str, ec2: Any) -> None:
-    image = _debian_image(ec2)
+    image = _ubuntu_image(ec2)
     runner = Runner(tmp_path, endpoint)
     pools = {
         "aws_nodes_gpu_workers": {"count": 2, "instance_type": "g5.xlarge", "volume_size": 200},

@@ -110,7 +110,11 @@ def test_example_inventories_pass_the_inventory_check(inventory: str, tmp_path: 
     assert "failed=0" in output
 
 
-BAREMETAL_VARS = {"uplion_infrastructure": "baremetal", "uplion_kubeconfig": "/tmp/kubeconfig"}
+PULSAR = {"url": "pulsar://pulsar-broker.pulsar.svc.cluster.local:6650",
+          "admin_url": "http://pulsar-broker.pulsar.svc.cluster.local:8080",
+          "tenant": "uplion", "namespaces": ["test", "staging", "production"]}
+BAREMETAL_VARS = {"uplion_infrastructure": "baremetal", "uplion_kubeconfig": "/tmp/kubeconfig",
+                  "uplion_pulsar": PULSAR}
 THREE_GROUPS = {
     "control_plane": {"hosts": {"cp-0": None}},
     "gpu_workers": {"hosts": {"gpu-0": None}},
@@ -119,8 +123,14 @@ THREE_GROUPS = {
 
 BAD_INVENTORIES: dict[str, tuple[dict[str, Any], str]] = {
     "no kubeconfig": (
-        {"all": {"vars": {"uplion_infrastructure": "baremetal"}, "children": THREE_GROUPS}},
+        {"all": {"vars": {"uplion_infrastructure": "baremetal", "uplion_pulsar": PULSAR},
+                 "children": THREE_GROUPS}},
         "The inventory does not set uplion_kubeconfig",
+    ),
+    "no pulsar settings": (
+        {"all": {"vars": {"uplion_infrastructure": "baremetal", "uplion_kubeconfig": "/tmp/k"},
+                 "children": THREE_GROUPS}},
+        "The inventory does not set uplion_pulsar",
     ),
     "unknown infrastructure": (
         {
@@ -492,7 +502,7 @@ def test_kubeadm_configurations(tmp_path: Path) -> None:
     assert registration["criSocket"] == "unix:///run/containerd/containerd.sock"
     assert registration["kubeletExtraArgs"] == [{"name": "node-ip", "value": "10.0.0.10"}]
     cluster_config = init["ClusterConfiguration"]
-    assert cluster_config["kubernetesVersion"] == "v1.32.3"
+    assert cluster_config["kubernetesVersion"] == "v1.35.4"
     assert cluster_config["controlPlaneEndpoint"] == "10.0.0.10:6443"
     assert cluster_config["networking"] == {
         "podSubnet": "10.244.0.0/16",
@@ -526,8 +536,11 @@ def test_kubeadm_configurations(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("nvidia", [False, True])
 def test_containerd_configuration(nvidia: bool, tmp_path: Path) -> None:
-    """containerd's config.toml as node_prep renders it, with and without NVIDIA's runtime
-    (the molecule scenario checks the first through `containerd config dump` as well)."""
+    """containerd's configuration as node_prep renders it, with and without NVIDIA's runtime: a
+    top-level file that imports the drop-in directory (where the GPU operator's toolkit writes
+    99-nvidia.toml), and node_prep's own drop-in with its settings (the molecule scenario checks
+    the merged result through `containerd config dump`)."""
+    templates = ROLES / "node_prep" / "templates"
     _render(
         tmp_path,
         {"all": {"hosts": {"node": None}}},
@@ -539,20 +552,27 @@ def test_containerd_configuration(nvidia: bool, tmp_path: Path) -> None:
             "hosts": "all",
             "tasks": [
                 {
-                    "name": "Render",
+                    "name": f"Render {name}",
                     "ansible.builtin.template": {
-                        "src": str(ROLES / "node_prep" / "templates" / "containerd-config.toml.j2"),
-                        "dest": str(tmp_path / "config.toml"),
+                        "src": str(templates / name),
+                        "dest": str(tmp_path / name.removesuffix(".j2")),
                         "mode": "0644",
                     },
                 }
+                for name in ("containerd-config.toml.j2", "containerd-uplion.toml.j2")
             ],
         },
     )
-    config = tomllib.loads((tmp_path / "config.toml").read_text())
+    top = tomllib.loads((tmp_path / "containerd-config.toml").read_text())
+    assert top["version"] == 2
+    assert top["imports"] == ["/etc/containerd/conf.d/*.toml"]
+    # More than version and imports: the toolkit's clean-up never drops the imports line.
+    assert len(top) > 2
+    assert "plugins" not in top
+    config = tomllib.loads((tmp_path / "containerd-uplion.toml").read_text())
     assert config["version"] == 2
     cri = config["plugins"]["io.containerd.grpc.v1.cri"]
-    assert cri["sandbox_image"] == "registry.k8s.io/pause:3.10"
+    assert cri["sandbox_image"] == "registry.k8s.io/pause:3.10.1"
     assert cri["cni"]["bin_dir"] == "/opt/cni/bin"
     runtimes = cri["containerd"]["runtimes"]
     assert runtimes["runc"]["options"] == {"SystemdCgroup": True}

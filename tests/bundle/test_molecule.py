@@ -12,6 +12,7 @@ import os
 import shutil
 
 import pytest
+import yaml
 
 from tests.bundle import ansible_env
 from tests.bundle.ansible_env import ROOT
@@ -34,3 +35,13 @@ def test_molecule_scenario(scenario: str) -> None:
     assert done.returncode == 0, output[-20000:]
     for step in ("converge", "idempotence", "verify"):
         assert f"[{scenario} > {step}] Executed: Successful" in output, output[-20000:]
+
+
+def test_node_prep_reruns_after_the_gpu_toolkit() -> None:
+    """The scenario runs node_prep again after doing what the GPU operator's toolkit does to
+    containerd's configuration (side_effect.yml): that rerun must be idempotent (no change, so
+    no restart of containerd) and verify.yml checks the toolkit's runtime is still in effect."""
+    scenario = yaml.safe_load((ROOT / "molecule" / "node_prep" / "molecule.yml").read_text())
+    sequence = scenario["scenario"]["test_sequence"]
+    after = sequence[sequence.index("side_effect") + 1:]
+    assert after[:2] == ["idempotence", "verify"]

@@ -1,12 +1,11 @@
-"""Reading an engine's text stream in tests, and watching its generation threads end."""
+"""Reading an engine's text stream in tests, and watching its generations end."""
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import AsyncIterator
+from typing import Any
 
-from uplion.worker.engines import base, hf_generation
+from uplion.worker.engines import base, hf_batching
 
 
 async def collect(stream: AsyncIterator[base.TextDelta]) -> list[base.TextDelta]:
@@ -17,12 +16,13 @@ def text_of(deltas: list[base.TextDelta]) -> str:
     return "".join(delta.text for delta in deltas)
 
 
-def generation_threads() -> set[threading.Thread]:
-    return {t for t in threading.enumerate() if t.name.startswith(hf_generation.THREAD_PREFIX)}
+def batch_of(engine: Any) -> hf_batching.BatchGenerator:
+    """The continuous batch of a loaded transformers engine serving a causal LM."""
+    generator = engine._generator
+    assert isinstance(generator, hf_batching.BatchGenerator)
+    return generator
 
 
-def wait_until_gone(threads: set[threading.Thread], within_s: float = 10.0) -> None:
-    deadline = time.monotonic() + within_s
-    for thread in threads:
-        thread.join(timeout=max(0.0, deadline - time.monotonic()))
-    assert not any(thread.is_alive() for thread in threads), "generation kept running"
+def wait_until_idle(engine: Any, within_s: float = 10.0) -> None:
+    """Wait until the engine's batch holds no generation."""
+    assert batch_of(engine).idle.wait(within_s), "generation kept running"

@@ -21,7 +21,7 @@ import pytest_asyncio
 import torch
 
 from tests.engines import tiny_models
-from tests.engines.streams import collect, generation_threads, text_of, wait_until_gone
+from tests.engines.streams import batch_of, collect, text_of, wait_until_idle
 from uplion.models import EngineSpec
 from uplion.worker import engines
 from uplion.worker.engines import base, devices, gguf_cache
@@ -178,8 +178,9 @@ async def test_sampling_is_reproducible_with_a_seed(causal: TransformersEngine) 
 async def test_max_tokens_is_the_request_s_else_the_engine_default(
     causal: TransformersEngine,
 ) -> None:
-    asked = await collect(causal.complete("the cat", base.GenerationParams(max_tokens=3)))
-    default = await collect(causal.complete("the cat", base.GenerationParams()))
+    # Greedy: sampling could pick the end of text (its logit is pinned at zero, not -inf).
+    asked = await collect(causal.complete("the cat", dataclasses.replace(GREEDY, max_tokens=3)))
+    default = await collect(causal.complete("the cat", base.GenerationParams(temperature=0)))
 
     assert [asked[-1].usage, default[-1].usage] == [
         base.protocol.Usage(prompt_tokens=2, completion_tokens=3),
@@ -236,21 +237,18 @@ async def test_closing_the_stream_stops_generation(causal: TransformersEngine) -
     with forward_passes(causal) as steps:
         stream = causal.complete("the cat", base.GenerationParams(max_tokens=4000))
         assert isinstance(stream, AsyncGenerator)
-        before = generation_threads()
         await anext(stream)
-        running = generation_threads() - before
-        assert len(running) == 1
+        assert batch_of(causal).rows == 1
 
         await stream.aclose()
 
-        wait_until_gone(running)
+        wait_until_idle(causal)
         assert steps() < 4000
 
 
 @session_loop
 async def test_cancelling_the_consumer_stops_generation(causal: TransformersEngine) -> None:
     started = asyncio.Event()
-    before = generation_threads()
 
     async def consume() -> None:
         async for _ in causal.complete("the cat", base.GenerationParams(max_tokens=4000)):
@@ -259,27 +257,29 @@ async def test_cancelling_the_consumer_stops_generation(causal: TransformersEngi
     with forward_passes(causal) as steps:
         task = asyncio.create_task(consume())
         await started.wait()
-        running = generation_threads() - before
-        assert len(running) == 1
+        assert batch_of(causal).rows == 1
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
 
-        wait_until_gone(running)
+        wait_until_idle(causal)
         assert steps() < 4000
 
 
 @session_loop
 async def test_closing_the_engine_stops_its_generations(causal_dir: Path) -> None:
     engine = await loaded(causal_dir)
+    batch = batch_of(engine)
     stream = engine.complete("the cat", base.GenerationParams(max_tokens=4000))
-    before = generation_threads()
     await anext(stream)
-    running = generation_threads() - before
+    assert batch.rows == 1
 
-    await engine.close()
+    with forward_passes(engine) as steps:
+        await engine.close()
 
-    wait_until_gone(running)
+        assert batch.idle.wait(10.0), "generation kept running"
+        assert batch.rows == 0
+        assert steps() <= 1
     with pytest.raises(RuntimeError, match="not loaded"):
         engine.complete("the cat", GREEDY)
 

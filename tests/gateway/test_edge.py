@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 import pytest
@@ -15,6 +15,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from uplion.gateway import edge, errors, sse
+from uplion.gateway.admission import Admission, MemoryAdmission, RedisAdmission
 
 
 async def fail(request: Request) -> Response:
@@ -22,7 +23,7 @@ async def fail(request: Request) -> Response:
 
 
 async def hold_then_fail(request: Request) -> Response:
-    edge.context_of(request).hold_stream("token-a")
+    await edge.context_of(request).hold_stream("token-a", 60)
     raise RuntimeError("failed while holding a stream")
 
 
@@ -32,7 +33,7 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
         routes=[Route("/v1/chat/completions", fail, methods=["POST"]),
                 Route("/v2/models/{name}/infer", fail, methods=["POST"]),
                 Route("/admin/users", fail), Route("/v1/held", hold_then_fail)],
-        middleware=[Middleware(edge.Edge, streams=sse.StreamSlots(1))],
+        middleware=[Middleware(edge.Edge, streams=sse.StreamSlots(1, MemoryAdmission()))],
     )
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as instance:
@@ -78,19 +79,57 @@ async def test_what_a_request_held_is_released_when_it_fails(client: httpx.Async
         assert response.status_code == 500
 
 
-def test_stream_slots_count_per_token() -> None:
-    slots = sse.StreamSlots(2)
-    release_a1 = slots.hold("a")
-    release_a2 = slots.hold("a")
-    slots.hold("b")
-    with pytest.raises(errors.ApiError, match="2 streams") as refused:
-        slots.hold("a")
-    assert refused.value.error.status == 429
-    assert refused.value.error.code == "too_many_streams"
+MakeStore = Callable[..., Admission]
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def make_store(request: pytest.FixtureRequest) -> AsyncIterator[MakeStore]:
+    """Where stream slots are counted: this process, or a Redis every gateway shares."""
+    made: list[Admission] = []
+
+    def make(clock: Callable[[], int] | None = None) -> Admission:
+        store: Admission = (
+            MemoryAdmission(clock=clock) if request.param == "memory"
+            else RedisAdmission(request.getfixturevalue("clean_redis"), clock=clock))
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        await store.close()
+
+
+async def test_stream_slots_count_per_token_across_gateways(make_store: MakeStore) -> None:
+    """Two gateways on one store share each token's cap."""
+    store = make_store()
+    one, other = sse.StreamSlots(2, store), sse.StreamSlots(2, store)
+    release_a1 = await one.hold("a", 60)
+    release_a2 = await other.hold("a", 60)
+    await one.hold("b", 60)
+    for gateway in (one, other):
+        with pytest.raises(errors.ApiError, match="2 streams") as refused:
+            await gateway.hold("a", 60)
+        assert refused.value.error.status == 429
+        assert refused.value.error.code == "too_many_streams"
     release_a1()
     release_a1()  # releasing twice frees one slot only
-    slots.hold("a")
+    await one.settled()
+    await other.hold("a", 60)
     with pytest.raises(errors.ApiError, match="2 streams"):
-        slots.hold("a")
+        await one.hold("a", 60)
     release_a2()
-    slots.hold("a")
+    await other.settled()
+    await one.hold("a", 60)
+
+
+async def test_a_stream_nobody_closed_stops_counting_when_its_lease_ends(
+    make_store: MakeStore,
+) -> None:
+    """A gateway that died holding a slot: the lease ends it (the store's clock moves on)."""
+    now = [1_000_000]
+    slots = sse.StreamSlots(1, make_store(clock=lambda: now[0]))
+    await slots.hold("a", 30)  # never released
+    with pytest.raises(errors.ApiError, match="1 stream"):
+        await slots.hold("a", 30)
+    now[0] += 30_000
+    await slots.hold("a", 30)

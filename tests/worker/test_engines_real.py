@@ -23,7 +23,7 @@ import pytest
 import pytest_asyncio
 from tokenizers import Tokenizer
 
-from tests.engines.streams import collect, generation_threads, text_of, wait_until_gone
+from tests.engines.streams import batch_of, collect, text_of, wait_until_idle
 from tests.engines.tiny_models import smollm2_gguf
 from uplion import protocol
 from uplion.models import EngineSpec
@@ -281,22 +281,19 @@ async def test_smollm2_rejects_a_prompt_longer_than_the_context(smollm2: base.En
 async def test_smollm2_closing_the_stream_stops_generation(smollm2: base.Engine) -> None:
     stream = smollm2.chat(STORY, base.GenerationParams(temperature=0.0, max_tokens=2000))
     assert isinstance(stream, AsyncGenerator)
-    before = generation_threads()
     for _ in range(3):
         await anext(stream)
-    running = generation_threads() - before
-    assert len(running) == 1
+    assert batch_of(smollm2).rows == 1
 
     await stream.aclose()
 
-    wait_until_gone(running, within_s=2.0)
+    wait_until_idle(smollm2)
 
 
 @pytest.mark.slow
 @session_loop
 async def test_smollm2_cancelling_the_consumer_stops_generation(smollm2: base.Engine) -> None:
     started = asyncio.Event()
-    before = generation_threads()
 
     async def consume() -> None:
         async for _ in smollm2.chat(STORY, base.GenerationParams(max_tokens=2000)):
@@ -304,13 +301,12 @@ async def test_smollm2_cancelling_the_consumer_stops_generation(smollm2: base.En
 
     task = asyncio.create_task(consume())
     await started.wait()
-    running = generation_threads() - before
-    assert len(running) == 1
+    assert batch_of(smollm2).rows == 1
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
 
-    wait_until_gone(running, within_s=2.0)
+    wait_until_idle(smollm2)
 
 
 @pytest.mark.slow

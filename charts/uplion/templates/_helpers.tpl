@@ -138,3 +138,18 @@ seccompProfile:
   mountPath: /etc/uplion
   readOnly: true
 {{- end }}
+
+{{/* Whether the migrate Job bootstraps the first admin (and so writes its token Secret). */}}
+{{- define "uplion.bootstraps" -}}
+{{- if and .Values.migrate.enabled (eq .Values.migrate.command "bootstrap") }}true{{- end }}
+{{- end }}
+
+{{/* The Secret the bootstrap Job writes the first admin's token to. */}}
+{{- define "uplion.tokenSecretName" -}}
+{{- default (include "uplion.componentName" (dict "root" . "component" "admin-token")) .Values.migrate.tokenSecret }}
+{{- end }}
+
+{{/* Argo CD's order for what a hook Job reads: before the Job's own wave (-1). */}}
+{{- define "uplion.beforeJobs" -}}
+argocd.argoproj.io/sync-wave: "-2"
+{{- end }}

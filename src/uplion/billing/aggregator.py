@@ -26,7 +26,7 @@ import logging
 import math
 import signal
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -67,7 +67,8 @@ class Aggregator:
     Counters (read them any time): ``write_transactions`` committed, ``failed_transactions``,
     ``events_flushed`` (distinct events in committed flushes), of which ``events_applied`` were
     new and ``events_duplicate`` had been applied before, and ``events_expired`` dropped as older
-    than the retention.
+    than the retention. ``observe`` (if given) is called after each committed flush with the
+    events it applied and the flush's Unix time (``billing.metrics``).
     """
 
     def __init__(
@@ -77,6 +78,7 @@ class Aggregator:
         *,
         flush_events: int = 500,
         flush_seconds: float = 1.0,
+        observe: Callable[[Sequence[events.UsageEvent], float], None] | None = None,
     ) -> None:
         if flush_events <= 0 or flush_seconds <= 0:
             raise ValueError("flush_events and flush_seconds must be positive")
@@ -84,6 +86,7 @@ class Aggregator:
         self._database = database
         self.flush_events = flush_events
         self.flush_seconds = flush_seconds
+        self._observe = observe
         self.write_transactions = 0
         self.failed_transactions = 0
         self.events_flushed = 0
@@ -179,6 +182,8 @@ class Aggregator:
         self.events_flushed += len(unique)
         self.events_applied += len(new)
         self.events_duplicate += len(unique) - len(new)
+        if self._observe is not None:
+            self._observe([unique[event_id] for event_id in new], now)
         if expired:
             self.events_expired += len(expired)
             logger.error("%d usage events older than the retention (%.0f s) dropped: they may "
@@ -210,7 +215,8 @@ class Aggregator:
 
 
 async def run_aggregator(
-    redis_url: str, database_url: str, flush_events: int = 500, flush_seconds: float = 1.0
+    redis_url: str, database_url: str, flush_events: int = 500, flush_seconds: float = 1.0,
+    observe: Callable[[Sequence[events.UsageEvent], float], None] | None = None,
 ) -> None:
     """The aggregator of a cluster, on the Redis usage stream, until SIGTERM or SIGINT.
 
@@ -220,7 +226,7 @@ async def run_aggregator(
     usage = stream.RedisUsageStream(redis_url)
     database = db.Database(database_url)
     aggregator = Aggregator(
-        usage, database, flush_events=flush_events, flush_seconds=flush_seconds
+        usage, database, flush_events=flush_events, flush_seconds=flush_seconds, observe=observe
     )
     loop = asyncio.get_running_loop()
     signals = (signal.SIGTERM, signal.SIGINT)

@@ -17,6 +17,8 @@ import uvloop
 
 from uplion import config, wiring
 from uplion.accounts import default_url, migrate
+from uplion.cli import token_secret
+from uplion.operator import kube
 
 app = typer.Typer(help="Administer users, tokens, limits, quotas and usage.", no_args_is_help=True)
 users = typer.Typer(help="Users: create, list, update.", no_args_is_help=True)
@@ -81,20 +83,58 @@ def migrate_command() -> None:
 
 
 @app.command("bootstrap")
-def bootstrap() -> None:
-    """On an empty account store: migrate, create the user 'admin' and print its token once."""
-    token = uvloop.run(_bootstrap(config.Settings()))
-    if token is None:
-        typer.echo("the account store has users already: nothing to do")
-    else:
-        typer.echo("created the user 'admin'; its API token, shown only this once:\n\n"
-                   f"    {token}\n")
+def bootstrap(
+    secret: str | None = typer.Option(
+        None, "--token-secret", metavar="NAME",
+        help="Write the token to this Kubernetes Secret (key 'token') instead of printing it "
+             "(in a pod: its service account; elsewhere: the kubeconfig)."),
+    namespace: str | None = typer.Option(
+        None, "--namespace", envvar="POD_NAMESPACE",
+        help="The Secret's namespace. [default: the pod's namespace]"),
+) -> None:
+    """On an empty account store: migrate, create the user 'admin' and print its token once
+    (or write it to a Secret)."""
+    if secret is None:
+        token = uvloop.run(_bootstrap(config.Settings()))
+        if token is None:
+            typer.echo("the account store has users already: nothing to do")
+        else:
+            typer.echo("created the user 'admin'; its API token, shown only this once:\n\n"
+                       f"    {token}\n")
+        return
+    namespace = namespace or kube.pod_namespace()
+    if not namespace:
+        raise typer.BadParameter("no namespace for the Secret: not in a pod, and none given",
+                                 param_hint="--namespace")
+    try:
+        outcome = uvloop.run(_bootstrap_to_secret(config.Settings(), namespace, secret))
+    except kube.ApiError as error:
+        typer.echo(f"error: cannot write the Secret {namespace}/{secret}: {error}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(outcome)
 
 
 async def _bootstrap(settings: config.Settings) -> str | None:
     backends = wiring.backends(settings)
     async with backends.running(migrate_first=True):
         return await backends.accounts.bootstrap_admin()
+
+
+async def _bootstrap_to_secret(settings: config.Settings, namespace: str, name: str) -> str:
+    """Bootstrap, keeping the token in the Secret; what happened, without the token."""
+    client = await kube.Kube.connect()
+    try:
+        had_token = await token_secret.reserve(client, namespace, name)
+        token = await _bootstrap(settings)
+        if token is None:
+            kept = "it holds a token" if had_token else "it holds no token"
+            return (f"the account store has users already: nothing to do (Secret "
+                    f"{namespace}/{name}: {kept})")
+        await token_secret.store(client, namespace, name, token)
+    finally:
+        await client.close()
+    return (f"created the user 'admin'; its API token is in the Secret {namespace}/{name}, "
+            f"key '{token_secret.KEY}'")
 
 
 @users.command("create")

@@ -6,15 +6,13 @@ A cluster's worker pods run it as their init container (``--models-file … --mo
 
 from __future__ import annotations
 
-import logging
 import os
-import sys
 from pathlib import Path
 
 import typer
 from pydantic import ValidationError
 
-from uplion import config, fetch
+from uplion import config, fetch, logs
 from uplion.models import ModelSpec, load_models_file
 from uplion.models.spec import FetchSpec, S3Options
 
@@ -84,8 +82,8 @@ def fetch_model(
                       ca_bundle=s3_ca_bundle),
         )
     assert uri is not None
-    logging.basicConfig(level=config.Settings().log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = config.Settings()
+    logs.setup(settings.log_level, settings.log_format)
     try:
         path = fetch.fetch(uri, options, cache)
     except fetch.FetchError as error:

@@ -90,13 +90,31 @@ def evaluate(
                                      help="Fewest requests to judge on."),
     drive: int = typer.Option(0, "--drive", min=0, max=100_000,
                               help="Send this many pinned requests first."),
+    prometheus: str | None = typer.Option(
+        None, "--prometheus", envvar="UPLION_PROMETHEUS_URL", show_default=False,
+        help="Judge on every gateway's figures from this Prometheus, not one gateway's stats "
+        "(empty: the gateway's)."),
+    baseline: str | None = typer.Option(
+        None, "--baseline", show_default=False,
+        help="Another version (the stable one) whose p95 this one's may not pass by more than "
+        "--max-p95-ratio."),
+    max_p95_ratio: float = typer.Option(1.5, "--max-p95-ratio", min=1,
+                                        help="With --baseline: the highest p95 ratio."),
     url: str = GatewayOption, token: str | None = TokenOption,
     admin_token: str | None = AdminTokenOption,
 ) -> None:
-    """Judge MODEL@VERSION on the gateway's live stats: error rate, p95 latency, request count."""
-    gates = rollout.Gates(max_error_rate, max_p95_ms, min_requests)
-    verdict = _run(url, token, admin_token, lambda gateway: rollout.evaluate(
-        gateway, model, version, window, gates, drive))
+    """Judge MODEL@VERSION on live figures: error rate, p95 latency, request count."""
+    gates = rollout.Gates(max_error_rate, max_p95_ms, min_requests, max_p95_ratio)
+
+    async def step(gateway: rollout.Gateway) -> rollout.Verdict:
+        if not prometheus:  # unset, or empty: a workflow without a monitoring stack
+            return await rollout.evaluate(gateway, model, version, window, gates, drive,
+                                          baseline=baseline)
+        async with rollout.Prometheus(prometheus) as source:
+            return await rollout.evaluate(gateway, model, version, window, gates, drive,
+                                          source, baseline)
+
+    verdict = _run(url, token, admin_token, step)
     _report(verdict.summary(), verdict.as_json(), verdict.passed)
 
 

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import signal
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import prometheus_client
 import typer
 import uvicorn
 import uvloop
 from starlette.applications import Starlette
 
-from uplion import billing, broker, cluster, config, fetch, gateway, wiring, worker
+from uplion import billing, broker, cluster, config, fetch, gateway, logs, tracing, wiring, worker
 from uplion.accounts import default_url, migrate
+from uplion.billing.metrics import BillingMetrics
 from uplion.local.runtime import LocalPlatform
 from uplion.models import ModelSpec, load_models_file, resource
 from uplion.operator import deployments as deployments_
@@ -27,6 +28,7 @@ from uplion.operator.deployments import KubernetesDeployments
 from uplion.worker import loading
 from uplion.worker import probes as probes_
 from uplion.worker.engines.base import Engine, Unrecoverable
+from uplion.worker.metrics import WorkerMetrics
 
 app = typer.Typer()
 
@@ -45,10 +47,17 @@ def _settings(
 ) -> config.Settings:
     overrides = {"models_file": models, "broker_url": broker_url, "host": host, "port": port}
     settings = config.Settings.model_validate({k: v for k, v in overrides.items() if v is not None})
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.setup(settings.log_level, settings.log_format)
     return settings
+
+
+def _trace(service: str) -> None:
+    """Trace as the ``OTEL_*`` environment says: off unless it names an exporter."""
+    try:
+        tracing.configure(service)
+    except ValueError as error:
+        typer.echo(f"uplion: {error}", err=True)
+        raise typer.Exit(2) from None
 
 
 def _specs(settings: config.Settings) -> list[ModelSpec]:
@@ -80,7 +89,7 @@ def _banner(settings: config.Settings, specs: list[ModelSpec]) -> str:
 def _uvicorn_config(app_: Starlette, settings: config.Settings) -> uvicorn.Config:
     return uvicorn.Config(
         app_, host=settings.host, port=settings.port, loop="uvloop", http="httptools",
-        lifespan="on", log_level=settings.log_level, access_log=False,
+        lifespan="on", log_level=settings.log_level, access_log=False, log_config=None,
         proxy_headers=bool(settings.trusted_proxies), forwarded_allow_ips=settings.trusted_proxies,
     )
 
@@ -99,6 +108,7 @@ async def _serving(app_: Starlette, settings: config.Settings) -> None:
     metrics = uvicorn.Server(uvicorn.Config(
         gateway.metrics_app(app_), host=settings.host, port=settings.metrics_port,
         http="httptools", lifespan="off", log_level=settings.log_level, access_log=False,
+        log_config=None,
     ))
     scraping = asyncio.create_task(metrics.serve(), name="metrics-port")
     try:
@@ -115,6 +125,7 @@ def run(
 ) -> None:
     """Start the whole platform in one process: gateway, broker (embedded by default), workers."""
     settings = _settings(models, broker_url, host, port)
+    _trace("uplion")
     specs = _specs(settings)
     platform = LocalPlatform(settings, specs)
     banner = _banner(settings, specs)
@@ -142,6 +153,7 @@ def gateway_command(
     Needs Redis (UPLION_REDIS_URL, or a redis:// broker) for the state gateways share, unless
     UPLION_SINGLE_REPLICA=true says it runs alone."""
     settings = _settings(models, broker_url, host, port)
+    _trace("uplion-gateway")
     try:
         wiring.require_shared_state(settings)
         workers = _workers_broker(settings)
@@ -234,8 +246,12 @@ def billing_command(broker_url: str | None = BrokerOption) -> None:
 
 async def _aggregate(settings: config.Settings, redis_url: str, database_url: str) -> None:
     await migrate(database_url)
+    metrics = BillingMetrics()
+    if settings.metrics_port is not None:
+        prometheus_client.start_http_server(settings.metrics_port, registry=metrics.registry)
     await billing.run_aggregator(
-        redis_url, database_url, settings.billing_flush_events, settings.billing_flush_seconds
+        redis_url, database_url, settings.billing_flush_events, settings.billing_flush_seconds,
+        observe=metrics.observe,
     )
 
 
@@ -247,8 +263,8 @@ def operator_command(
     ),
 ) -> None:
     """Run the Kubernetes operator: AIModel objects → worker Deployments and KEDA scalers."""
-    _settings(None, None)
-    operator_run.run_operator(namespace or None)
+    settings = _settings(None, None)
+    operator_run.run_operator(namespace or None, settings.metrics_port)
 
 
 @app.command("worker")
@@ -262,6 +278,7 @@ def worker_command(
 
     Exits with status 3 when the model cannot be served (its failure is announced first)."""
     settings = _settings(models, broker_url)
+    _trace("uplion-worker")
     model_name, _, version = model.partition("@")
     spec = next((s for s in _specs(settings)
                  if s.name == model_name and (not version or s.version == version)), None)
@@ -287,19 +304,21 @@ async def _run_worker(
     name = name or worker.worker_name()
     engine: Engine | None = None
     serving: list[worker.Worker] = []
+    metrics = WorkerMetrics()
 
     def ready() -> bool:
         return bool(serving) and not serving[0].stopping
 
-    probes = None if health_port is None else await probes_.serve_probes(health_port, ready)
+    probes = (None if health_port is None
+              else await probes_.serve_probes(health_port, ready, metrics))
     try:
         try:
-            engine = await loading.load_engine(spec, fetched)
+            engine = await loading.load_engine(spec, fetched, metrics)
         except Unrecoverable as failure:
             await worker.announce_failure(source, spec, name, failure)
             await operator_events.report_unrecoverable(failure.reason, failure.message)
             return False
-        replica = worker.Worker(source, spec, engine, name)
+        replica = worker.Worker(source, spec, engine, name, metrics)
         serving.append(replica)
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):

@@ -62,6 +62,7 @@ def create_app(
     relay = Relay(source)
     metrics = GatewayMetrics()
     board = HealthBoard()
+    metrics.watch_models(board, catalog)
     exchange = Exchange(relay, metrics, admission, usage, board)
     state = GatewayState(
         broker=source, catalog=catalog, relay=relay, metrics=metrics, exchange=exchange,
@@ -80,6 +81,9 @@ def create_app(
             backlog = asyncio.create_task(metrics_.follow_backlog(
                 metrics, source, catalog, settings.metrics_refresh_s), name="backlog-metrics")
             stack.push_async_callback(_stop, backlog)
+            probing = asyncio.create_task(metrics_.follow_replies(
+                metrics, relay, settings.metrics_refresh_s), name="reply-probe")
+            stack.push_async_callback(_stop, probing)
             expiring = asyncio.create_task(exchange.ledger.expire_held(), name="expire-held")
             stack.push_async_callback(_stop, expiring)
             state.ready = True
@@ -103,7 +107,7 @@ def create_app(
             HTTPException: _http_error,
         },
         middleware=[
-            Middleware(edge.Edge, streams=sse.StreamSlots(bounds.streams_per_token)),
+            Middleware(edge.Edge, streams=sse.StreamSlots(bounds.streams_per_token, admission)),
             Middleware(limits.BodyLimit, limits=bounds),
             Middleware(FailedAuthLimit, admission=admission),
         ],

@@ -15,6 +15,9 @@ usage)``: synchronous and idempotent, and the first thing done on every end:
   background, so a broker that is down delays and leaks nothing); the relay stops following the
   task once nothing more is expected of it.
 
+The request's ``requestlog.Record`` ends with it: its span at ``finish``, its log line where
+its tokens are counted (a held entry's when it closes).
+
 What was served is billed when the worker's own count never comes: one token per chunk of text
 handed on for the client, and the prompt estimate once any was.
 """
@@ -30,9 +33,9 @@ from typing import TypeVar
 from starlette.requests import Request
 
 from uplion import protocol
-from uplion.gateway import errors, ledger, relay
+from uplion.gateway import errors, ledger, relay, requestlog
 from uplion.gateway.catalog import Route
-from uplion.gateway.metrics import GatewayMetrics
+from uplion.gateway.metrics import FAILURE_REASONS, GatewayMetrics, bounded
 
 VERSION_HEADER = "x-uplion-model-version"
 T = TypeVar("T")
@@ -40,10 +43,12 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """How a call ended: its HTTP status (as counted and billed) and why."""
+    """How a call ended: its HTTP status (as counted and billed) and why; ``reason``: the
+    error's code, when it failed with one."""
 
     status: int
     why: str
+    reason: str | None = None
 
 
 ANSWERED = Outcome(200, "answered")
@@ -53,8 +58,8 @@ BROKER_ERROR = Outcome(503, "broker unreachable")
 TASK_LOST = Outcome(503, "task lost by the broker")
 
 
-def failed(status: int) -> Outcome:
-    return Outcome(status, "failed")
+def failed(status: int, reason: str | None = None) -> Outcome:
+    return Outcome(status, "failed", reason)
 
 
 class ClientGone(Exception):
@@ -65,10 +70,12 @@ class Call:
     def __init__(
         self, route: Route, task: protocol.Task, entry: ledger.Entry, replies: relay.Relay,
         metrics: GatewayMetrics, clean_up: Callable[[protocol.Task], None], grace_s: float,
+        record: requestlog.Record,
     ) -> None:
         self.route = route
         self.task = task
         self.entry = entry
+        self.record = record
         self.headers: dict[str, str] = {VERSION_HEADER: route.spec.version}
         self.outcome: Outcome | None = None
         self.served_chunks = 0
@@ -81,6 +88,7 @@ class Call:
         self._order = relay.Reassembly()
         self._chunks: asyncio.Queue[protocol.Chunk | errors.ApiError] = asyncio.Queue()
         self._started = time.perf_counter()
+        self._queue_wait_s: float | None = None
         self._replied = False  # the worker ended the reply: nothing to cancel
         self._deadline = asyncio.get_running_loop().call_later(
             max(0.0, task.deadline - time.time()), self._timed_out)
@@ -128,6 +136,7 @@ class Call:
         if self.outcome is not None:
             return
         self.outcome = outcome
+        self.record.finished(outcome.status, outcome.why)
         self._deadline.cancel()
         elapsed = time.perf_counter() - self._started
         spec = self.route.spec
@@ -135,16 +144,34 @@ class Call:
                                       str(outcome.status)).inc()
         self._route_metrics.latency.observe(elapsed)
         self._route_metrics.live.record(outcome.status, elapsed)
+        self._count_end(outcome, elapsed)
         known = usage or self._served()
         if outcome is CLIENT_GONE:
             self.entry.hold(outcome.status, elapsed, known, self._grace_s, self._held_closed)
         else:
             self.entry.close(outcome.status, known, elapsed)
             self._count_tokens(known)
+            self.record.billed(known)
             self._relay.forget(self.task.id)
         self._metrics.inflight.set(self._relay.inflight)
         if not self._replied:
             self._clean_up(self.task)
+
+    def _count_end(self, outcome: Outcome, elapsed: float) -> None:
+        """The metrics of how it ended: time at the engine, a cancellation, a missed deadline, a
+        failure and its reason (a broker that refused the task counts as a refusal instead)."""
+        children = self._route_metrics
+        if self._queue_wait_s is not None:
+            children.engine_time.observe(max(0.0, elapsed - self._queue_wait_s))
+        if outcome is CLIENT_GONE:
+            children.cancellations.inc()
+        elif outcome is TIMED_OUT:
+            children.deadline_misses.inc()
+        if outcome.status >= 400 and outcome not in (CLIENT_GONE, BROKER_ERROR):
+            reason = "timeout" if outcome is TIMED_OUT else outcome.reason
+            spec = self.route.spec
+            self._metrics.failures.labels(
+                spec.name, spec.version, bounded(reason, FAILURE_REASONS)).inc()
 
     def _served(self) -> protocol.Usage:
         produced = self.served_chunks
@@ -152,6 +179,7 @@ class Call:
 
     def _held_closed(self, usage: protocol.Usage) -> None:
         self._count_tokens(usage)
+        self.record.billed(usage)
         self._relay.forget(self.task.id)
         self._metrics.inflight.set(self._relay.inflight)
 
@@ -169,14 +197,16 @@ class Call:
         try:
             accepted = self._order.accept(chunk)
         except relay.ChunksLost as lost:
-            self._end_with(failed(502), errors.ApiError(protocol.ErrorInfo(
+            self._end_with(failed(502, "reply_chunks_lost"), errors.ApiError(protocol.ErrorInfo(
                 f"The answer from `{self.route.spec.name}` is incomplete: {lost}. Retry the "
                 "request.", code="reply_chunks_lost", status=502,
             ), {VERSION_HEADER: self.route.spec.version}))
             return
         if accepted is None:
             return
+        self.record.saw(accepted)
         if accepted.queue_wait_s is not None:
+            self._queue_wait_s = accepted.queue_wait_s
             self._route_metrics.queue_wait.observe(accepted.queue_wait_s)
         self._chunks.put_nowait(accepted)
         if accepted.kind == "data":
@@ -187,7 +217,8 @@ class Call:
                 self.finish(ANSWERED, accepted.usage or protocol.Usage())
             else:
                 status = accepted.error.status if accepted.error else 500
-                self.finish(failed(status), accepted.usage)
+                code = accepted.error.code if accepted.error else None
+                self.finish(failed(status, code), accepted.usage)
 
     def _lost(self) -> None:
         """The broker lost the task (and any reply not read yet): nobody will answer it. The

@@ -2,10 +2,12 @@
 escapes the handlers, and what a request holds released when its ASGI call ends.
 
 The id is the client's ``x-request-id`` when it is a plain token (a proxy's, say), else a new
-one; every answer carries it in ``x-request-id``. An exception no handler maps to an answer is
-logged with the id and the cause, and answered 500 in the shape of the path's API (OpenAI's, or
-v2's under ``/v2``) with the id in the message, never as Starlette's plain-text page. What a
-handler holds for the length of a request (a stream slot) is released here, however it ends.
+one; every answer carries it in ``x-request-id``. The client's ``traceparent`` is kept with it
+(``uplion.tracing`` checks it when the request's span starts). An exception no handler maps to
+an answer is logged with the id and the cause, and answered 500 in the shape of the path's API
+(OpenAI's, or v2's under ``/v2``) with the id in the message, never as Starlette's plain-text
+page. What a handler holds for the length of a request (a stream slot) is released here, however
+it ends.
 """
 
 from __future__ import annotations
@@ -27,20 +29,24 @@ HEADER = "x-request-id"
 _HEADER_BYTES = HEADER.encode()
 _SCOPE_KEY = "uplion.request"
 _CLIENT_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+_TRACEPARENT = b"traceparent"
+_TRACEPARENT_MAX = 55  # version 00's length; longer ones are not kept
 
 
 @dataclass
 class RequestContext:
-    """One request's id, and what to release when it ends."""
+    """One request's id, its client's ``traceparent`` header, and what to release when it
+    ends."""
 
     id: str
     streams: sse.StreamSlots
+    traceparent: str | None = None
     _releases: list[Callable[[], None]] = field(default_factory=list)
 
-    def hold_stream(self, token_id: str) -> None:
-        """Count this request as one of ``token_id``'s open streams until it ends (429 if the
-        token holds its cap already)."""
-        self._releases.append(self.streams.hold(token_id))
+    async def hold_stream(self, token_id: str, lease_s: float) -> None:
+        """Count this request as one of ``token_id``'s open streams until it ends, or for
+        ``lease_s`` at most (429 if the token holds its cap already)."""
+        self._releases.append(await self.streams.hold(token_id, lease_s))
 
     def release(self) -> None:
         for release in self._releases:
@@ -62,7 +68,7 @@ class Edge:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        context = RequestContext(_request_id(scope), self.streams)
+        context = RequestContext(_request_id(scope), self.streams, _traceparent(scope))
         scope[_SCOPE_KEY] = context
         id_header = (_HEADER_BYTES, context.id.encode())
         started = False
@@ -91,3 +97,10 @@ def _request_id(scope: Scope) -> str:
         if name == _HEADER_BYTES and _CLIENT_ID.fullmatch(value):
             return bytes(value).decode()
     return protocol.new_task_id()
+
+
+def _traceparent(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == _TRACEPARENT and len(value) <= _TRACEPARENT_MAX:
+            return bytes(value).decode("latin-1")
+    return None

@@ -8,7 +8,9 @@ does not take is a 503 that reserves nothing; a cold model's queue position is r
 publishing, at best (a failure there leaves the header out). Cancellations of calls that ended
 without their worker's answer run in the background, their failures logged. Every answer (a
 refusal by the limits aside) is counted in the metrics and the live stats of the model version
-that gave it, which the header ``x-uplion-model-version`` names.
+that gave it, which the header ``x-uplion-model-version`` names. Each request has its
+``requestlog.Record`` (its span in the trace, its line in the request log) from before its
+admission; the task carries the trace to its worker.
 """
 
 from __future__ import annotations
@@ -21,13 +23,13 @@ from typing import Any
 from uplion import protocol
 from uplion.accounts.principal import Principal
 from uplion.billing import UsageStream
-from uplion.gateway import call, errors, ledger
+from uplion.gateway import call, edge, errors, ledger, requestlog
 from uplion.gateway.admission import Admission
 from uplion.gateway.call import VERSION_HEADER, Call, ClientGone
 from uplion.gateway.catalog import Route
 from uplion.gateway.estimate import Estimate
 from uplion.gateway.health import HealthBoard
-from uplion.gateway.metrics import GatewayMetrics
+from uplion.gateway.metrics import REFUSAL_REASONS, GatewayMetrics, bounded
 from uplion.gateway.relay import Relay
 
 __all__ = ["VERSION_HEADER", "Call", "ClientGone", "Exchange"]
@@ -49,25 +51,45 @@ class Exchange:
 
     async def call(
         self, route: Route, kind: protocol.Protocol, payload: dict[str, Any], stream: bool,
-        caller: Principal, estimate: Estimate,
+        caller: Principal, estimate: Estimate, origin: edge.RequestContext | None = None,
     ) -> Call:
         """Admit and publish; a Failed model raises ``errors.ApiError`` (503) at once, a refusal
-        by the limits a 429 with its headers, a broker that does not take the task a 503."""
+        by the limits a 429 with its headers, a broker that does not take the task a 503.
+        ``origin``: the HTTP request's id and ``traceparent`` (none: a new id and trace)."""
+        task_id = protocol.new_task_id()
+        record = requestlog.Record(
+            origin.id if origin else task_id, task_id, route.spec.name, route.spec.version, kind,
+            stream, caller.token_id, origin.traceparent if origin else None,
+        )
+        try:
+            return await self._open(route, kind, payload, stream, caller, estimate, record)
+        except BaseException as error:
+            record.refused(error)  # nothing when its call ended already
+            raise
+
+    async def _open(
+        self, route: Route, kind: protocol.Protocol, payload: dict[str, Any], stream: bool,
+        caller: Principal, estimate: Estimate, record: requestlog.Record,
+    ) -> Call:
         spec = route.spec
+        task_id = record.task_id
         model_health = self.health.of(spec.name, spec.version)
         if model_health.phase == "Failed":
             self.metrics.requests.labels(spec.name, spec.version, kind.value, "503").inc()
+            self.metrics.refused.labels(spec.name, spec.version, "model_failed").inc()
             self.metrics.route(spec.name, spec.version, kind.value).live.record(503, 0.0)
             raise errors.ApiError(protocol.ErrorInfo(
                 f"The model `{spec.name}` has failed ({model_health.reason}): "
                 f"{model_health.message}", code="model_failed", status=503,
             ), headers={VERSION_HEADER: spec.version})
-        task_id = protocol.new_task_id()
-        entry = await self.ledger.admit(caller, task_id, spec.name, spec.version, estimate,
-                                        spec.request_timeout_s + self.cancel_grace_s)
+        with record.trace.child("uplion.admission"):
+            entry = await self.ledger.admit(caller, task_id, spec.name, spec.version, estimate,
+                                            spec.request_timeout_s + self.cancel_grace_s)
         decision = entry.decision
         if not decision.allowed:
             self.metrics.requests.labels(spec.name, spec.version, kind.value, "429").inc()
+            self.metrics.refused.labels(
+                spec.name, spec.version, bounded(decision.code, REFUSAL_REASONS)).inc()
             raise errors.ApiError(protocol.ErrorInfo(
                 decision.message, type="requests" if decision.code == "rate_limit_exceeded"
                 else "insufficient_quota", code=decision.code, status=429,
@@ -77,17 +99,21 @@ class Exchange:
             id=task_id, model=spec.name, version=spec.version, protocol=kind, payload=payload,
             stream=stream, deadline=now + spec.request_timeout_s, reply_to=self.relay.address,
             tenant=caller.token_id, created=now, max_tokens=estimate.max_tokens,
+            traceparent=record.trace.traceparent,
         )
         opened = Call(route, task, entry, self.relay, self.metrics, self._cancel,
-                      self.cancel_grace_s)
+                      self.cancel_grace_s, record)
         opened.headers.update(decision.headers)
         try:
-            await self.relay.broker.publish(route.topic, task)
+            with record.trace.child("uplion.publish", {"messaging.destination.name": route.topic},
+                                    producer=True):
+                await self.relay.broker.publish(route.topic, task)
         except asyncio.CancelledError:
             opened.finish(call.CLIENT_GONE)
             raise
         except Exception as error:
             opened.finish(call.BROKER_ERROR)
+            self.metrics.refused.labels(spec.name, spec.version, "broker_unavailable").inc()
             log.warning("task %s could not be published to %s: %s", task_id, route.topic, error)
             raise errors.ApiError(protocol.ErrorInfo(
                 "The request queue is unreachable right now; retry shortly.",

@@ -19,7 +19,7 @@ from starlette.routing import Route
 import uplion
 from uplion import protocol, schemas
 from uplion.accounts.principal import Principal
-from uplion.gateway import catalog, errors, estimate, kserve_binary, limits
+from uplion.gateway import catalog, edge, errors, estimate, kserve_binary, limits
 from uplion.gateway.openai import json_response
 from uplion.gateway.state import state_of
 
@@ -91,7 +91,7 @@ async def infer(request: Request) -> Response:
                             route.spec.name, body)
     call = await state.exchange.call(
         route, protocol.Protocol.KSERVE_V2, payload, False, caller,
-        estimate.v2_infer(body, route.spec),
+        estimate.v2_infer(body, route.spec), edge.context_of(request),
     )
     final = await call.result(request)
     usage = final.usage or protocol.Usage()

@@ -22,6 +22,9 @@ from uplion.models import ModelSpec
 
 _encode = msgspec.json.Encoder().encode
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+STREAM_LEASE_MARGIN_S = 5.0
+"""A stream's slot outlives its deadline by this much (the last chunks, the client's report)
+before a gateway that died without giving it back stops counting against the token's cap."""
 
 
 def json_response(
@@ -78,10 +81,11 @@ async def _open(
     limits.check_max_tokens(state.health.info(route.spec.name, route.spec.version), body.model,
                             body)
     if getattr(body, "stream", False):
-        edge.context_of(request).hold_stream(caller.token_id)
+        await edge.context_of(request).hold_stream(
+            caller.token_id, route.spec.request_timeout_s + STREAM_LEASE_MARGIN_S)
     call = await state.exchange.call(
         route, kind, payload, bool(getattr(body, "stream", False)), caller,
-        estimator(body, route.spec),
+        estimator(body, route.spec), edge.context_of(request),
     )
     return call, body
 

@@ -23,6 +23,8 @@ answers again from ``seq`` 0 under a new ``delivery`` and a higher ``attempt``:
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -51,6 +53,7 @@ class Relay:
         self.broker = source
         self.address = address or f"gw-{uuid.uuid4().hex[:12]}"
         self._followed: dict[str, _Followed] = {}
+        self._probes: dict[str, asyncio.Event] = {}
 
     async def start(self) -> None:
         self.broker.on_data_lost(self._on_data_lost)
@@ -82,10 +85,30 @@ class Relay:
         for followed in lost:
             followed.on_lost()
 
+    async def probe(self, timeout_s: float) -> float | None:
+        """Send a chunk of no task to this gateway's own reply address; the seconds it took to
+        come back through the reader, or ``None`` when it did not within ``timeout_s`` (or the
+        broker refused it): replies cannot reach this gateway."""
+        probe_id = f"probe-{uuid.uuid4().hex}"
+        arrived = self._probes[probe_id] = asyncio.Event()
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self.broker.send_reply(
+                    self.address, protocol.Chunk(probe_id, "probe", 0, "final"))
+                await arrived.wait()
+        except Exception:
+            return None
+        finally:
+            del self._probes[probe_id]
+        return time.monotonic() - started
+
     def _on_chunk(self, chunk: protocol.Chunk) -> None:
         followed = self._followed.get(chunk.task_id)
         if followed is not None:
             followed.on_chunk(chunk)
+        elif chunk.task_id in self._probes:
+            self._probes[chunk.task_id].set()
 
 
 class Reassembly:

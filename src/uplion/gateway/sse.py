@@ -15,15 +15,16 @@ client hold the request (its task, its reservation, its stream slot) for as long
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import time
+import uuid
 from collections.abc import AsyncGenerator, Callable, Mapping
 
 from starlette.types import Message, Receive, Scope, Send
 
 from uplion import protocol
 from uplion.gateway import errors
+from uplion.gateway.admission import Admission, AdmissionUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -93,31 +94,48 @@ async def _cancel_on_disconnect(receive: Receive, sender: asyncio.Task[object]) 
 
 
 class StreamSlots:
-    """How many streams each API token has open, up to ``per_token`` (in this gateway)."""
+    """How many streams each API token has open, up to ``per_token``: counted by the admission,
+    so across every gateway sharing its store (``admission.rules``, "Streams")."""
 
-    def __init__(self, per_token: int) -> None:
+    def __init__(self, per_token: int, admission: Admission) -> None:
         self.per_token = per_token
-        self._open: collections.Counter[str] = collections.Counter()
+        self._admission = admission
+        self._closing: set[asyncio.Task[None]] = set()
 
-    def hold(self, token_id: str) -> Callable[[], None]:
-        """Count one more stream of ``token_id`` (429 beyond the cap); call what it returns,
-        once or more, when the stream is over."""
-        if self._open[token_id] >= self.per_token:
+    async def hold(self, token_id: str, lease_s: float) -> Callable[[], None]:
+        """Count one more stream of ``token_id`` for at most ``lease_s`` (429 beyond the cap,
+        503 when the store is unreachable); call what it returns, once or more, when the stream
+        is over: its slot is given back in the background."""
+        stream_id = uuid.uuid4().hex
+        try:
+            opened = await self._admission.open_stream(token_id, stream_id, self.per_token,
+                                                       lease_s)
+        except AdmissionUnavailable as error:
+            raise errors.ApiError(protocol.ErrorInfo(
+                "The rate limiter is unreachable right now; retry shortly.",
+                code="rate_limiter_unavailable", status=503,
+            ), headers={"Retry-After": "1"}) from error
+        if not opened:
             plural = "stream" if self.per_token == 1 else "streams"
             raise errors.ApiError(protocol.ErrorInfo(
                 f"This API key has {self.per_token} {plural} open already, the most it may "
                 "hold at once; wait for one to end.", type="requests", code="too_many_streams",
                 status=429,
             ), headers={"Retry-After": "1"})
-        self._open[token_id] += 1
         released = False
 
         def release() -> None:
             nonlocal released
             if not released:
                 released = True
-                self._open[token_id] -= 1
-                if not self._open[token_id]:
-                    del self._open[token_id]
+                closing = asyncio.get_running_loop().create_task(
+                    self._admission.close_stream(token_id, stream_id))
+                self._closing.add(closing)
+                closing.add_done_callback(self._closing.discard)
 
         return release
+
+    async def settled(self) -> None:
+        """Wait until every slot released so far is given back to the store."""
+        while self._closing:
+            await asyncio.wait(set(self._closing))

@@ -24,6 +24,7 @@ import yaml
 from uplion import broker, protocol, worker
 from uplion.models import ModelsFile, ModelSpec
 from uplion.worker import engines, loading
+from uplion.worker.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -116,10 +117,14 @@ class Replicas(abc.ABC):
 
 
 class InProcessReplicas(Replicas):
-    """Workers as tasks of this process; one engine, loaded when the first replica starts."""
+    """Workers as tasks of this process; one engine, loaded when the first replica starts. Their
+    metrics go to ``metrics``, which the gateway's ``/metrics`` includes."""
 
-    def __init__(self, source: broker.Broker, spec: ModelSpec) -> None:
+    def __init__(
+        self, source: broker.Broker, spec: ModelSpec, metrics: WorkerMetrics | None = None
+    ) -> None:
         super().__init__(source, spec)
+        self._metrics = metrics
         self._engine: engines.base.Engine | None = None
         self._workers: dict[worker.Worker, asyncio.Task[None]] = {}
         self._draining: set[asyncio.Task[None]] = set()
@@ -133,14 +138,14 @@ class InProcessReplicas(Replicas):
             log.info("loading %s@%s (%s)", self.spec.name, self.spec.version,
                      self.spec.engine.kind)
             try:
-                engine = await loading.load_engine(self.spec)
+                engine = await loading.load_engine(self.spec, metrics=self._metrics)
             except engines.base.Unrecoverable as failure:
                 await worker.announce_failure(self.broker, self.spec, worker.worker_name(),
                                               failure)
                 await self.crashed(f"{failure.reason}: {failure.message}")
                 return
             self._engine = engine
-        replica = worker.Worker(self.broker, self.spec, self._engine)
+        replica = worker.Worker(self.broker, self.spec, self._engine, metrics=self._metrics)
         self._workers[replica] = asyncio.create_task(replica.run(), name=replica.name)
 
     async def _stop_one(self) -> None:

@@ -17,10 +17,12 @@ from collections.abc import AsyncIterator, Callable
 from starlette.applications import Starlette
 
 from uplion import billing, config, gateway, wiring
+from uplion.billing.metrics import BillingMetrics
 from uplion.local.autoscaler import Autoscaler
 from uplion.local.deployments import LocalDeployments
 from uplion.local.replicas import InProcessReplicas, ProcessReplicas, Replicas
 from uplion.models import ModelSpec
+from uplion.worker.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -33,20 +35,22 @@ class LocalPlatform:
         self.backends = wiring.backends(settings)
         self.specs = specs
         self.catalog = gateway.Catalog(specs)
+        self.worker_metrics = WorkerMetrics()  # in-process workers', served by the gateway
         self.autoscaler = Autoscaler(self.backends.broker, [self._replicas(s) for s in specs])
         self.deployments = LocalDeployments(
             self.catalog, self.autoscaler, self._replicas, config.data_dir() / "deployments.json"
         )
         self._tasks: list[asyncio.Task[None]] = []
-        self.aggregator = billing.Aggregator(
-            self.backends.usage, self.backends.database,
+        self.billing_metrics = BillingMetrics()
+        self.aggregator = billing.AggregatorThread(  # off the gateway's event loop
+            self.backends.usage, self.backends.database_url,
             flush_events=settings.billing_flush_events,
-            flush_seconds=settings.billing_flush_seconds,
+            flush_seconds=settings.billing_flush_seconds, observe=self.billing_metrics.observe,
         )
 
     def _replicas(self, spec: ModelSpec) -> Replicas:
         if self.settings.broker_url.startswith("memory:"):
-            return InProcessReplicas(self.backends.broker, spec)
+            return InProcessReplicas(self.backends.broker, spec, self.worker_metrics)
         return ProcessReplicas(
             self.backends.broker, spec, self.settings.broker_url, config.data_dir()
         )
@@ -63,12 +67,16 @@ class LocalPlatform:
                 yield
 
         backends = self.backends
-        return gateway.create_app(
+        app = gateway.create_app(
             backends.broker, self.catalog, principals=backends.principals,
             admission=backends.admission, usage=backends.usage, accounts=backends.accounts,
             database=backends.database, deployments=self.deployments, lifespan=lifespan,
             settings=self.settings,
         )
+        app.state.uplion.metrics.include(self.billing_metrics.registry)
+        if self.settings.broker_url.startswith("memory:"):
+            app.state.uplion.metrics.include(self.worker_metrics.registry)
+        return app
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[str | None]:

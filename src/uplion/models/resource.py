@@ -19,6 +19,10 @@ from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validat
 from pydantic.alias_generators import to_camel
 
 from uplion.models.spec import (
+    DEFAULT_MAX_BATCH_DELAY_MS,
+    DEFAULT_MAX_BATCH_SIZE,
+    MAX_BATCH_DELAY_HELP,
+    MAX_BATCH_SIZE_HELP,
     NAME_PATTERN,
     EngineSpec,
     FetchSpec,
@@ -225,6 +229,12 @@ class AIModelSpec(BaseModel):
         default=None, description="What the model answers; default: what the artifact says."
     )
     concurrency: int = Field(default=4, ge=1, le=1024, description="Task slots per worker.")
+    max_batch_size: int = Field(
+        default=DEFAULT_MAX_BATCH_SIZE, ge=1, le=1024, description=MAX_BATCH_SIZE_HELP
+    )
+    max_batch_delay_ms: float = Field(
+        default=DEFAULT_MAX_BATCH_DELAY_MS, ge=0, le=10_000, description=MAX_BATCH_DELAY_HELP
+    )
     replicas: AIModelReplicas = Field(default_factory=AIModelReplicas)
     request_timeout_seconds: float = Field(
         default=120.0, gt=0, description="Deadline of a request, from its arrival at the gateway."
@@ -312,6 +322,8 @@ def worker_spec(spec: AIModelSpec, version: str | None = None) -> ModelSpec:
                           trust_pickle=spec.engine.trust_pickle, options=options),
         serves=spec.serves,
         concurrency=spec.concurrency,
+        max_batch_size=spec.max_batch_size,
+        max_batch_delay_ms=spec.max_batch_delay_ms,
         replicas=ReplicaSpec.model_validate(spec.replicas.model_dump(by_alias=False)),
         request_timeout_s=spec.request_timeout_seconds,
         owned_by=spec.owned_by,

@@ -4,7 +4,8 @@ A model is served under ``name`` (and ``version``); ``source`` says where its ar
 (``s3://``, ``hf://``, ``pvc://``, ``https://``, ``file://`` or a path, ``package://`` for files
 shipped inside an installed Python package) and ``fetch`` how to get it; its engine says what runs
 it (``auto``: the artifact says); ``concurrency`` is how many tasks one worker replica holds at
-once; ``replicas`` bounds how many workers serve it.
+once (with ``max_batch_size`` and ``max_batch_delay_ms``, how requests to a model whose engine
+batches share engine calls); ``replicas`` bounds how many workers serve it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,17 @@ Serves = Literal["text-generation", "embedding", "classification", "tensor"]
 """What a model answers: text (chat, completions), embeddings, labels for texts, or tensors."""
 
 SOURCE_SCHEMES = ("s3", "hf", "pvc", "https", "http", "file", "package")
+
+DEFAULT_MAX_BATCH_SIZE = 32
+DEFAULT_MAX_BATCH_DELAY_MS = 2.0
+MAX_BATCH_SIZE_HELP = (
+    "Requests one engine call may carry (embedding, classification and tensor models whose "
+    "engine batches); each slot then holds a batch. 1 turns batching off."
+)
+MAX_BATCH_DELAY_HELP = (
+    "How long a batch that is not full may wait for more requests, in milliseconds, counted "
+    "from the arrival of its first request; 0: run what has arrived."
+)
 
 
 class EngineSpec(BaseModel):
@@ -120,6 +132,12 @@ class ModelSpec(BaseModel):
         "artifact (text-generation, embedding, classification or tensor).",
     )
     concurrency: int = Field(default=4, ge=1, le=1024, description="Task slots per worker.")
+    max_batch_size: int = Field(
+        default=DEFAULT_MAX_BATCH_SIZE, ge=1, le=1024, description=MAX_BATCH_SIZE_HELP
+    )
+    max_batch_delay_ms: float = Field(
+        default=DEFAULT_MAX_BATCH_DELAY_MS, ge=0, le=10_000, description=MAX_BATCH_DELAY_HELP
+    )
     replicas: ReplicaSpec = Field(default_factory=ReplicaSpec)
     request_timeout_s: float = Field(
         default=120.0, gt=0, description="Deadline of a request, from its arrival at the gateway."

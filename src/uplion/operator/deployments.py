@@ -97,6 +97,7 @@ def aimodel_spec(
         fetch=resource.AIModelFetch.model_validate(model.fetch.model_dump()),
         engine=resource.AIModelEngine.model_validate(model.engine.model_dump()),
         serves=model.serves, concurrency=model.concurrency,
+        max_batch_size=model.max_batch_size, max_batch_delay_ms=model.max_batch_delay_ms,
         replicas=resource.AIModelReplicas.model_validate(model.replicas.model_dump()),
         request_timeout_seconds=model.request_timeout_s, owned_by=model.owned_by,
         image=image, broker=broker,
@@ -115,6 +116,7 @@ def request_of(spec: resource.AIModelSpec) -> DeploymentRequest:
         engine=EngineSpec(kind=spec.engine.kind, device=spec.engine.device,
                           trust_pickle=spec.engine.trust_pickle, options=spec.engine.options),
         serves=spec.serves, concurrency=spec.concurrency,
+        max_batch_size=spec.max_batch_size, max_batch_delay_ms=spec.max_batch_delay_ms,
         replicas=ReplicaSpec.model_validate(spec.replicas.model_dump(by_alias=False)),
         request_timeout_s=spec.request_timeout_seconds, owned_by=spec.owned_by,
     )

@@ -1,11 +1,13 @@
 """The kopf handlers: decide (``decide``, ``manifests``) and apply (``kube``); nothing else.
 
-- An AIModel created, changed or found at start: its objects are applied and its status set,
-  through kopf's ``patch`` (the framework writes it). An invalid spec: status Failed with reason
-  ``InvalidSpec`` and ``kopf.PermanentError`` (no retry until the object changes). API errors:
-  ``kopf.TemporaryError`` (retried).
+- An AIModel created, changed or found at start: its objects are applied, the objects it owns
+  but no longer wants (a promoted or rolled-back canary's Deployment and ScaledObject) deleted
+  (``prune``), and its status set, through kopf's ``patch`` (the framework writes it). An
+  invalid spec: status Failed with reason ``InvalidSpec`` and ``kopf.PermanentError`` (no retry
+  until the object changes). API errors: ``kopf.TemporaryError`` (retried).
 - A worker's ``UplionUnrecoverable`` Event, or a change of a uplion Deployment (its
   availability): the owning AIModel's status is recomputed and patched when it differs.
+- Every AIModel event: its phase goes to the operator's metrics (``memo["metrics"]``, if any).
 
 The handlers are plain async functions; ``build_registry`` registers them for a kopf loop, and
 tests call them directly with a ``kube.Kube`` in ``memo["kube"]``.
@@ -20,7 +22,8 @@ from typing import Any
 import kopf
 
 from uplion.models import resource
-from uplion.operator import decide, kube, manifests
+from uplion.operator import decide, kube, manifests, prune
+from uplion.operator.metrics import OperatorMetrics
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +73,7 @@ async def reconcile(*, body: kopf.Body, patch: kopf.Patch, memo: Any, **_: Any) 
     try:
         for obj in objects:
             await client.apply(obj)
+        await prune.prune(client, body, objects)
         # kopf's body can predate the status this handler set a moment ago (two handling cycles
         # in a row): the conditions come from the object as stored, so that the time a
         # generation was applied stays put and a worker's failure since then still counts.
@@ -125,6 +129,17 @@ async def deployment_changed(*, body: kopf.Body, type: str | None, memo: Any, **
             await _refresh(client, aimodel)
 
 
+async def aimodel_seen(*, body: kopf.Body, type: str | None, memo: Any, **_: Any) -> None:
+    """Show an AIModel's phase (as its status says) in the operator's metrics."""
+    metrics: OperatorMetrics | None = memo.get("metrics")
+    if metrics is None:
+        return
+    meta = body["metadata"]
+    phase = None if type == "DELETED" else (body.get("status") or {}).get("phase")
+    if phase is not None or type == "DELETED":
+        metrics.show(meta["namespace"], meta["name"], phase)
+
+
 async def startup(*, settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     """Keep kopf's bookkeeping in annotations (the CRD's status schema prunes the rest)."""
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="uplion.ai")
@@ -138,14 +153,19 @@ async def cleanup(*, memo: Any, **_: Any) -> None:
 
 
 def build_registry() -> kopf.OperatorRegistry:
-    """A registry holding every handler of the operator."""
+    """A registry holding every handler of the operator, and kopf's own login handlers (the
+    pod's service account, else a kubeconfig): a new ``OperatorRegistry`` has none, and the
+    operator could never authenticate."""
     registry = kopf.OperatorRegistry()
+    kopf.on.login(registry=registry)(kopf.login_with_service_account)
+    kopf.on.login(registry=registry)(kopf.login_with_kubeconfig)
     aimodels = (resource.GROUP, resource.VERSION, resource.PLURAL)
     kopf.on.startup(registry=registry)(startup)
     kopf.on.cleanup(registry=registry)(cleanup)
     kopf.on.create(*aimodels, registry=registry)(reconcile)
     kopf.on.update(*aimodels, registry=registry)(reconcile)
     kopf.on.resume(*aimodels, registry=registry)(reconcile)
+    kopf.on.event(*aimodels, registry=registry)(aimodel_seen)
     kopf.on.event("", "v1", "events", when=is_unrecoverable, registry=registry)(worker_failed)
     kopf.on.event("apps", "v1", "deployments", labels=MANAGED_BY,
                   registry=registry)(deployment_changed)

@@ -20,7 +20,9 @@ Scaling follows ``uplion.models.scaling``: the target is ``replicas.targetBacklo
 replica and scaling down waits ``replicas.idleSeconds`` (KEDA's ``cooldownPeriod``). On Redis two
 ``redis-streams`` triggers count the worker group's pending entries (taken, not yet answered) and
 its lag (waiting; the only count that can wake a model scaled to zero); on Pulsar the ``pulsar``
-trigger counts the subscription's backlog.
+trigger counts the subscription's backlog. KEDA resolves names from its own namespace: a short
+Service name in a scaler's address or admin URL is qualified with the AIModel's namespace
+(``redis-master:6379`` → ``redis-master.<namespace>.svc:6379``).
 """
 
 from __future__ import annotations
@@ -351,10 +353,38 @@ def _redis_location(broker: resource.Broker) -> tuple[str, str, bool]:
     return f"{url.hostname}:{url.port or 6379}", url.path.strip("/") or "0", url.scheme == "rediss"
 
 
-def _redis_triggers(spec: resource.AIModelSpec, topic: str) -> list[dict[str, Any]]:
+def _qualified(host: str, namespace: str) -> str:
+    """``host`` as KEDA must see it: KEDA resolves names from its own namespace, so a short
+    Service name (no dot, not an address) becomes ``<name>.<namespace>.svc``."""
+    if "." in host or ":" in host or host.startswith("["):
+        return host
+    return f"{host}.{namespace}.svc"
+
+
+def _qualified_address(address: str, namespace: str) -> str:
+    """``host:port`` with its host qualified (IPv6 ``[...]:port`` left as it is)."""
+    if address.startswith("["):
+        return address
+    host, colon, port = address.rpartition(":")
+    if not colon:
+        return _qualified(address, namespace)
+    return f"{_qualified(host, namespace)}:{port}"
+
+
+def _qualified_url(url: str, namespace: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    if not parts.hostname or parts.username or parts.password:
+        return url
+    netloc = _qualified_address(parts.netloc, namespace)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def _redis_triggers(
+    spec: resource.AIModelSpec, topic: str, namespace: str
+) -> list[dict[str, Any]]:
     address, database, tls = _redis_location(spec.broker)
     metadata = {
-        "address": address,
+        "address": _qualified_address(address, namespace),
         "stream": REDIS_STREAM_PREFIX + topic,
         "consumerGroup": protocol.WORKER_GROUP,
         "databaseIndex": database,
@@ -370,13 +400,15 @@ def _redis_triggers(spec: resource.AIModelSpec, topic: str) -> list[dict[str, An
     ]
 
 
-def _pulsar_triggers(spec: resource.AIModelSpec, topic: str) -> list[dict[str, Any]]:
+def _pulsar_triggers(
+    spec: resource.AIModelSpec, topic: str, namespace: str
+) -> list[dict[str, Any]]:
     broker = spec.broker
     return [{
         "type": "pulsar",
         "name": "backlog",
         "metadata": {
-            "adminURL": broker.admin_url,
+            "adminURL": _qualified_url(broker.admin_url or "", namespace),
             "topic": pulsar_names.topic_name(broker.tenant, broker.namespace, topic),
             "subscription": protocol.WORKER_GROUP,
             "msgBacklogThreshold": str(spec.replicas.target_backlog),
@@ -394,8 +426,8 @@ def scaled_object(
     """The KEDA ScaledObject that scales a track's Deployment on its topic's backlog."""
     spec = _spec(aimodel)
     topic = protocol.topic_for(spec.name, _version(spec, track))
-    triggers = (_redis_triggers(spec, topic) if spec.broker.kind == "redis"
-                else _pulsar_triggers(spec, topic))
+    triggers = (_redis_triggers(spec, topic, namespace) if spec.broker.kind == "redis"
+                else _pulsar_triggers(spec, topic, namespace))
     if spec.broker.authentication_ref:
         for trigger in triggers:
             trigger["authenticationRef"] = {"name": spec.broker.authentication_ref}

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import kopf
+import prometheus_client
 
 from uplion.operator import handlers
+from uplion.operator.metrics import OperatorMetrics
 
 
 async def operate(
@@ -28,6 +30,11 @@ async def operate(
     )
 
 
-def run_operator(namespace: str | None) -> None:
-    """Run the operator until it is stopped (SIGINT/SIGTERM)."""
-    asyncio.run(operate(namespace))
+def run_operator(namespace: str | None, metrics_port: int | None = None) -> None:
+    """Run the operator until it is stopped (SIGINT/SIGTERM); with ``metrics_port``, serve its
+    Prometheus metrics there."""
+    memo = kopf.Memo()
+    if metrics_port is not None:
+        metrics = memo["metrics"] = OperatorMetrics()
+        prometheus_client.start_http_server(metrics_port, registry=metrics.registry)
+    asyncio.run(operate(namespace, memo=memo))

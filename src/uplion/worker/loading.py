@@ -14,25 +14,32 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 
 from uplion import fetch
 from uplion.models import ModelSpec
 from uplion.worker import engines
 from uplion.worker.engines import base
+from uplion.worker.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 
 
-async def load_engine(spec: ModelSpec, fetched: Path | None = None) -> base.Engine:
-    """The loaded engine of ``spec``; ``fetched`` is the artifact's path when fetched already."""
+async def load_engine(
+    spec: ModelSpec, fetched: Path | None = None, metrics: WorkerMetrics | None = None
+) -> base.Engine:
+    """The loaded engine of ``spec``; ``fetched`` is the artifact's path when fetched already.
+    How long the fetch and the load took goes to ``metrics``."""
     path = fetched
+    timer = time.monotonic()
     if path is None and spec.source is not None:
         log.info("fetching %s@%s from %s", spec.name, spec.version, fetch.redact(spec.source))
         try:
             path = await asyncio.to_thread(fetch.fetch, spec.source, spec.fetch)
         except fetch.FetchError as error:
             raise base.Unrecoverable(error.reason, error.message) from error
+    fetched_at = time.monotonic()
     try:
         engine = engines.create(spec.engine, path)
     except ValueError as error:
@@ -49,6 +56,10 @@ async def load_engine(spec: ModelSpec, fetched: Path | None = None) -> base.Engi
         raise base.Unrecoverable(
             "LoadFailed", f"the {spec.engine.kind} engine could not load the model{shown}: {error}"
         ) from error
+    if metrics is not None:
+        model = metrics.of(spec.name, spec.version)
+        model.fetch.set(fetched_at - timer)
+        model.load.set(time.monotonic() - fetched_at)
     log.info("loaded %s@%s on %s (%s, serves %s)", spec.name, spec.version, engine.info.device,
              engine.info.platform, engine.info.serves or spec.serves)
     return engine

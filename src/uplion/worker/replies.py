@@ -13,6 +13,7 @@ from __future__ import annotations
 import array
 import base64
 import sys
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -37,8 +38,11 @@ class Progress:
     def __init__(self) -> None:
         self._done = protocol.Usage()
         self._deltas = 0
+        self.first_token_at: float | None = None  # time.monotonic() of the first text delta
 
     def count(self, delta: base.TextDelta) -> None:
+        if self.first_token_at is None and delta.text:
+            self.first_token_at = time.monotonic()
         if delta.usage is not None:
             self._done = protocol.Usage(
                 self._done.prompt_tokens + delta.usage.prompt_tokens,

@@ -1,7 +1,8 @@
 """The pull loop: a worker takes tasks from its model's topic only when it has a free slot.
 
 There is no dispatcher. Each worker holds ``concurrency`` slots and asks the broker for at most as
-many tasks as it has free slots. A task is acknowledged after its last chunk is sent; on stop, the
+many tasks as it has free slots (a slot holds a batch of up to ``max_batch_size`` tasks where the
+engine batches: ``batching``). A task is acknowledged after its last chunk is sent; on stop, the
 worker takes nothing new, finishes what it holds (drain) and gives back anything it could not
 start, so no task is lost.
 
@@ -31,11 +32,12 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 
-from uplion import broker, protocol
+from uplion import broker, protocol, tracing
 from uplion.models import ModelSpec
 from uplion.models.spec import Serves
-from uplion.worker import outage, replies
+from uplion.worker import batching, outage, replies
 from uplion.worker.engines import base
+from uplion.worker.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +65,14 @@ async def announce_failure(
 
 class Worker:
     def __init__(
-        self, source: broker.Broker, spec: ModelSpec, engine: base.Engine, name: str | None = None
+        self, source: broker.Broker, spec: ModelSpec, engine: base.Engine, name: str | None = None,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self.broker = source
+        self.metrics = (metrics or WorkerMetrics()).of(spec.name, spec.version)
         self.spec = spec
         self.engine = engine
+        self._calls = batching.wrap(spec, engine)  # what requests call: batched where it can
         self.name = name or worker_name()
         self.topic = protocol.topic_for(spec.name, spec.version)
         self._consumer = source.consumer(self.topic, protocol.WORKER_GROUP, self.name)
@@ -89,6 +94,11 @@ class Worker:
     @property
     def busy_slots(self) -> int:
         return len(self._running)
+
+    @property
+    def capacity(self) -> int:
+        """Tasks held at most: a slot holds a batch where the engine batches this model's calls."""
+        return self.spec.concurrency * batching.batch_size(self.spec, self.engine, self.serves)
 
     @property
     def serves(self) -> Serves:
@@ -116,9 +126,10 @@ class Worker:
         log.info("worker %s serving %s with %d slots", self.name, self.topic, self.spec.concurrency)
         heartbeat = asyncio.create_task(self._heartbeat(), name=f"heartbeat-{self.name}")
         backoff = outage.Backoff()
+        self.metrics.slots.inc(self.spec.concurrency)
         try:
             while not self._stopping.is_set():
-                free = self.spec.concurrency - len(self._running)
+                free = self.capacity - len(self._running)
                 if free <= 0:
                     self._slot_freed.clear()
                     await self._wait_any(self._slot_freed)
@@ -133,6 +144,8 @@ class Worker:
                     continue
                 backoff.reset()
                 self._outage.over()
+                if deliveries:
+                    self.metrics.batch.observe(len(deliveries))
                 for delivery in deliveries:
                     if self._stopping.is_set():
                         await self._release(delivery)
@@ -141,6 +154,7 @@ class Worker:
         finally:
             heartbeat.cancel()
             await self._drain()
+            self.metrics.slots.dec(self.spec.concurrency)
             await self._announce_quietly("failed" if self.failure else "stopped")
 
     async def fail(self, failure: base.Unrecoverable) -> None:
@@ -195,7 +209,7 @@ class Worker:
         failure = self.failure
         await self.broker.publish_status(protocol.WorkerStatus(
             worker=self.name, model=self.spec.name, version=self.spec.version, state=state,
-            slots=self.spec.concurrency, busy=len(self._running), at=time.time(),
+            slots=self.capacity, busy=len(self._running), at=time.time(),
             started=self.started,
             reason=failure.reason if failure else None,
             message=failure.message if failure else message, info=self.model_info(),
@@ -220,12 +234,14 @@ class Worker:
 
     def _start(self, delivery: broker.Delivery) -> None:
         task_id = delivery.task.id
-        running = asyncio.create_task(self._handle(delivery), name=f"task-{task_id}")
+        running = asyncio.create_task(self._traced(delivery), name=f"task-{task_id}")
         self._running[task_id] = running
+        self.metrics.busy.inc()
         running.add_done_callback(lambda _: self._finished(task_id))
 
     def _finished(self, task_id: str) -> None:
         self._running.pop(task_id, None)
+        self.metrics.busy.dec()
         self.completed += 1
         self._slot_freed.set()
 
@@ -247,11 +263,24 @@ class Worker:
         running.cancel()
         return True
 
+    async def _traced(self, delivery: broker.Delivery) -> None:
+        """``_handle`` under the task's worker span, after its span on the queue."""
+        task = delivery.task
+        with tracing.delivered(task.traceparent, task.created, {
+            "uplion.task_id": task.id, "uplion.model": task.model,
+            "uplion.model_version": task.version, "uplion.worker": self.name,
+            "uplion.attempt": delivery.attempt, "messaging.destination.name": self.topic,
+        }):
+            await self._handle(delivery)
+
     async def _handle(self, delivery: broker.Delivery) -> None:
         task = delivery.task
         self._deliveries += 1
         sender = _Sender(self.broker, delivery, f"{self.name}/{self._deliveries}", self._outage)
         progress = replies.Progress()
+        started, outcome = time.monotonic(), "answered"
+        if delivery.attempt > 1:
+            self.metrics.redelivered.inc()
         self._answering.add(task.id)
         try:
             if delivery.attempt > broker.MAX_DELIVERIES:
@@ -259,6 +288,7 @@ class Worker:
                             task.id, delivery.attempt - 1)
                 await sender.fail(_redelivered_too_often(delivery.attempt - 1))
             elif task.expired():
+                outcome = "expired"
                 log.info("task %s expired in the queue; dropped", task.id)
             else:
                 await asyncio.wait_for(self._answer(task, sender, progress),
@@ -268,18 +298,25 @@ class Worker:
             why = self._stopped.pop(task.id, None)
             if why is None:
                 # Interrupted by shutdown, not by the client: another worker answers it.
+                outcome = "released"
                 await self._release(delivery)
                 raise
             running = asyncio.current_task()
             assert running is not None
             running.uncancel()
+            outcome = "lost" if why == "lost" else "cancelled"
             if why == "lost":  # another worker answers it now: send nothing, keep off
                 return
             await self._report_cancelled(sender, progress.usage)
         except TimeoutError:
+            outcome = "deadline"
             log.info("task %s passed its deadline while running", task.id)
         except _Undeliverable as error:
+            outcome = "failed"
             log.warning("task %s: %s", task.id, error)
+        finally:
+            self.metrics.ended("failed" if outcome == "answered" and sender.errored else outcome)
+            self.metrics.generated(started, progress.first_token_at, progress.usage)
         self._answering.discard(task.id)
         self._stopped.pop(task.id, None)  # a stop that came as the answer ended
         await self._ack(delivery)
@@ -321,8 +358,14 @@ class Worker:
     ) -> None:
         sender.queue_wait_s = max(0.0, time.time() - task.created)
         try:
-            async for part in replies.answer(self.engine, task, self.serves, progress):
-                await sender.send(part)
+            with tracing.span("uplion.engine",
+                              {"uplion.engine": type(self.engine).__name__}) as engine_span:
+                async for part in replies.answer(self._calls, task, self.serves, progress):
+                    await sender.send(part)
+                engine_span.set_attribute("gen_ai.usage.input_tokens",
+                                          progress.usage.prompt_tokens)
+                engine_span.set_attribute("gen_ai.usage.output_tokens",
+                                          progress.usage.completion_tokens)
         except base.Unsupported as exc:
             await sender.fail(protocol.ErrorInfo(
                 f"The model `{self.spec.name}` does not support {exc}.",
@@ -375,12 +418,15 @@ class _Sender:
         self.outage = broker_outage
         self.seq = 0
         self.queue_wait_s: float | None = None
+        self.began = time.monotonic()
+        self.errored = False  # an error chunk was sent
 
     async def send(self, part: replies.Part) -> None:
         kind: protocol.ChunkKind = "final" if part.final else "data"
         await self._emit(protocol.Chunk(
             self.task.id, self.delivery, self.seq, kind, data=part.data, usage=part.usage,
             queue_wait_s=self.queue_wait_s if self.seq == 0 else None, attempt=self.attempt,
+            engine_s=time.monotonic() - self.began if part.final else None,
         ), self.task.deadline)
 
     async def fail(
@@ -388,9 +434,11 @@ class _Sender:
         within_s: float | None = None,
     ) -> None:
         until = self.task.deadline if within_s is None else time.time() + within_s
+        self.errored = True
         await self._emit(protocol.Chunk(
             self.task.id, self.delivery, self.seq, "error", error=error, usage=usage,
             queue_wait_s=self.queue_wait_s if self.seq == 0 else None, attempt=self.attempt,
+            engine_s=time.monotonic() - self.began,
         ), until)
 
     async def _emit(self, chunk: protocol.Chunk, until: float) -> None:

@@ -104,6 +104,16 @@ class Admission(abc.ABC):
         without settling them); how many. Gateways call it every second or so."""
 
     @abc.abstractmethod
+    async def open_stream(self, token_id: str, stream_id: str, cap: int, lease_s: float) -> bool:
+        """Count the stream ``stream_id`` as one of ``token_id``'s open ones, for at most
+        ``lease_s``, unless the token holds ``cap`` already (``rules``, "Streams"): False then.
+        Raises ``AdmissionUnavailable`` when the store cannot answer."""
+
+    @abc.abstractmethod
+    async def close_stream(self, token_id: str, stream_id: str) -> None:
+        """The stream is over; never raises for the store (its lease ends anyway)."""
+
+    @abc.abstractmethod
     async def auth_wait(self, address: str) -> float:
         """Seconds until ``address`` may try to authenticate again (0: it may now)."""
 

@@ -7,6 +7,7 @@ past ``rules.SETTLED_KEEP_MS``, are dropped once a minute.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -51,6 +52,7 @@ class MemoryAdmission(Admission):
         self._held: dict[str, _Held] = {}  # request id -> its held reservation
         self._ended: dict[str, tuple[str, int]] = {}  # request id -> ("settled" | "expired",
         # forgotten at ms)
+        self._streams: dict[str, dict[str, int]] = {}  # token -> stream id -> lease end (ms)
         self._swept_ms = self._now()
 
     async def admit(self, principal: Principal, request_id: str, estimated_tokens: int,
@@ -130,6 +132,23 @@ class MemoryAdmission(Admission):
             if key in self._counters:
                 spent, expiry = self._counters[key]
                 self._counters[key] = (max(0, spent + delta), expiry)
+
+    async def open_stream(self, token_id: str, stream_id: str, cap: int, lease_s: float) -> bool:
+        now = self._now()
+        leases = self._streams.setdefault(token_id, {})
+        for ended in [held for held, until in leases.items() if until <= now]:
+            del leases[ended]
+        if len(leases) >= cap:
+            return False
+        leases[stream_id] = now + math.ceil(lease_s * 1000)
+        return True
+
+    async def close_stream(self, token_id: str, stream_id: str) -> None:
+        leases = self._streams.get(token_id)
+        if leases is not None:
+            leases.pop(stream_id, None)
+            if not leases:
+                del self._streams[token_id]
 
     async def auth_wait(self, address: str) -> float:
         until = self._blocked.get(rules.failures_key(address), 0)

@@ -32,6 +32,7 @@ to the token store.
 from __future__ import annotations
 
 import logging
+import math
 from typing import cast
 
 from uplion import config, redisio
@@ -80,12 +81,14 @@ class RedisAdmission(Admission):
                                       "expire.lua")
         self._auth_failed = redisio.script(self._redis, package, "window.lua", "auth_failed.lua")
         self._auth_wait = redisio.script(self._redis, package, "window.lua", "auth_wait.lua")
+        self._open_stream = redisio.script(self._redis, package, "window.lua",
+                                           "open_stream.lua")
 
     async def start(self) -> None:
         """Check that Redis answers and load the scripts (fail fast on a wrong URL)."""
         try:
             for script in (self._admit, self._settle, self._expire, self._auth_failed,
-                           self._auth_wait):
+                           self._auth_wait, self._open_stream):
                 await self._redis.script_load(script.script)
         except redisio.Error as error:
             raise AdmissionUnavailable(f"Redis did not answer: {error}") from error
@@ -160,6 +163,22 @@ class RedisAdmission(Admission):
             returned += done
             if looked_at < _EXPIRE_BATCH:
                 return returned
+
+    async def open_stream(self, token_id: str, stream_id: str, cap: int, lease_s: float) -> bool:
+        try:
+            opened = await self._open_stream(
+                keys=[rules.streams_key(token_id)],
+                args=[self._now_arg(), stream_id, cap, math.ceil(lease_s * 1000)])
+        except redisio.Error as error:
+            raise AdmissionUnavailable(f"Redis did not answer: {error}") from error
+        return bool(opened)
+
+    async def close_stream(self, token_id: str, stream_id: str) -> None:
+        try:
+            await self._redis.zrem(rules.streams_key(token_id), stream_id)
+        except redisio.Error as error:
+            logger.warning("stream %s of token %s not closed (its lease ends it): %s",
+                           stream_id, token_id, error)
 
     async def auth_wait(self, address: str) -> float:
         try:

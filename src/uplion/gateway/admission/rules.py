@@ -19,6 +19,10 @@ counts.
   the bucket of the admission, and ``settle`` replaces it there with the usage (once that bucket
   has left the window there is nothing left to correct).
 
+**Streams**: an API token holds at most a cap of open streams, counted across every gateway.
+Each open stream holds a lease that ends at its request's deadline and a margin: a stream whose
+gateway died stops counting when its lease ends, without anyone closing it.
+
 **Quotas**: a counter of tokens per subject and calendar period (hour, day, month; UTC), which
 admits while ``used + estimate <= budget``. A reservation is charged to the period of its
 admission, and settled there: a request that spans a period boundary refunds (or pays its excess
@@ -118,6 +122,11 @@ def holds(rules: Rules, estimate: int, hold_s: float | None) -> bool:
     that counts them or against a quota."""
     return (hold_s is not None and estimate > 0
             and bool(rules.settled_windows or rules.quotas))
+
+
+def streams_key(token_id: str) -> str:
+    """The open streams of an API token (**Streams**: each with the end of its lease)."""
+    return f"uplion:streams:{token_id}"
 
 
 def failures_key(address: str) -> str:

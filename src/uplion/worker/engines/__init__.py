@@ -142,6 +142,8 @@ def _transformers(options: _Options, artifact: base.Artifact) -> base.Engine:
         threads=options.optional_count("threads"),
         dtype=dtype,
         max_length=options.optional_count("max_length"),
+        kv_cache_mb=options.optional_count("kv_cache_mb"),
+        max_total_tokens=options.optional_count("max_total_tokens"),
     )
 
 
@@ -218,7 +220,10 @@ _BUILDERS: dict[
     "test-echo": (_test_echo, frozenset({"token_delay_s", "tensors"})),
     "transformers": (
         _transformers,
-        frozenset({"task", "default_max_tokens", "threads", "dtype", "max_length"}),
+        frozenset({
+            "task", "default_max_tokens", "threads", "dtype", "max_length", "kv_cache_mb",
+            "max_total_tokens",
+        }),
     ),
     "sentence-transformers": (_sentence_transformers, frozenset({"path", "batch_size"})),
     "onnx-embedding": (

@@ -72,16 +72,22 @@ class TextDelta:
 
 @dataclass(frozen=True, slots=True)
 class Embeddings:
+    """A vector per text; ``prompt_tokens`` over all texts, ``text_tokens`` each text's own
+    (given by engines that batch, so that each request of a batch counts its own tokens)."""
+
     vectors: list[list[float]]
     prompt_tokens: int
+    text_tokens: list[int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Classification:
-    """Labels and scores for each text, best first; ``prompt_tokens`` over all texts."""
+    """Labels and scores for each text, best first; ``prompt_tokens`` over all texts,
+    ``text_tokens`` as for ``Embeddings``."""
 
     labels: list[list[tuple[str, float]]]
     prompt_tokens: int
+    text_tokens: list[int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,15 +123,28 @@ class EngineInfo:
     device: str = "cpu"
     context_length: int | None = None
     embedding_dimensions: int | None = None
+    max_concurrency: int | None = None
+    """The most requests the engine holds at once (its memory bound; ``None``: no bound of its
+    own): a worker takes no more, whatever its model's ``concurrency``."""
     inputs: list[TensorSpec] = field(default_factory=list)
     outputs: list[TensorSpec] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+Batchable = Literal["embed", "classify", "infer"]
+"""A call that can serve several requests at once: ``embed`` and ``classify`` with the texts of
+all joined (each text's tokens counted in ``text_tokens``), ``infer`` with inputs joined along
+their first dimension (every output's first dimension then is the rows')."""
 
 
 class Engine(abc.ABC):
     """A loaded model. ``load`` may block for seconds; workers call it once before taking tasks."""
 
     info: EngineInfo
+
+    def batchable(self) -> frozenset[Batchable]:
+        """The calls the worker may give several requests' inputs at once (asked after load)."""
+        return frozenset()
 
     async def load(self) -> None:
         return None

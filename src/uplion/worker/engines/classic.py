@@ -75,6 +75,9 @@ class ClassicEngine(base.Engine):
         names = tensor_io.requested(self.info.outputs, outputs)
         return await asyncio.to_thread(self._run, self._model, inputs[INPUT], names)
 
+    def batchable(self) -> frozenset[base.Batchable]:
+        return frozenset({"infer"})  # one row per sample in, one per sample out
+
     def _load(self) -> None:
         import numpy as np
 

@@ -1,12 +1,14 @@
-"""Streamed text generation on a transformers model, causal or encoder-decoder.
+"""Streamed text generation on a transformers model, causal or encoder-decoder: what every
+generator shares (the request's token limit, its text output, sampling), and ``Generator``, which
+decodes each request on its own for the models ``hf_batching`` does not batch.
 
-Each request runs its decoding loop in a thread of its own, with its own KV cache and random
-generator, and hands text deltas to the event loop as they are decoded. The model and tokenizer
-are only ever called on one dedicated model thread: concurrent requests queue their steps there
-and so advance token by token in turn (PyTorch's CPU thread pool is fastest when one thread keeps
-driving it, and a Hugging Face tokenizer must not be used by two threads at once). A request
-whose consumer goes away (``aclose`` or cancellation) stops before its next token; ``close``
-stops them all.
+``Generator`` runs each request's decoding loop in a thread of its own, with its own KV cache and
+random generator, and hands text deltas to the event loop as they are decoded. The model and
+tokenizer are only ever called on one dedicated model thread: concurrent requests queue their
+steps there and so advance token by token in turn (PyTorch's CPU thread pool is fastest when one
+thread keeps driving it, and a Hugging Face tokenizer must not be used by two threads at once). A
+request whose consumer goes away (``aclose`` or cancellation) stops before its next token;
+``close`` stops them all.
 """
 
 from __future__ import annotations
@@ -50,34 +52,40 @@ class TextModel:
     keeps_logits: bool
     """Whether the model's forward takes ``logits_to_keep`` (a causal LM computes one row)."""
 
+    def keep_last(self) -> dict[str, int]:
+        """The forward's arguments that compute the last position's logits only."""
+        return {"logits_to_keep": 1} if self.keeps_logits else {}
 
-class Generator:
-    """Runs the generations of one model; every model and tokenizer call goes to
-    ``model_thread``, a single-thread executor the engine owns."""
 
-    def __init__(
-        self, text_model: TextModel, model_thread: ThreadPoolExecutor, default_max_tokens: int
-    ) -> None:
+class TextGenerator(abc.ABC):
+    """Runs the generations of one model and streams each one's text deltas to its caller."""
+
+    def __init__(self, text_model: TextModel, default_max_tokens: int) -> None:
         self._text_model = text_model
-        self._model_thread = model_thread
         self._default_max_tokens = default_max_tokens
-        self._running: set[threading.Event] = set()
 
+    @property
+    def max_concurrency(self) -> int | None:
+        """The most generations held at once (``None``: no bound of the generator's own)."""
+        return None
+
+    @property
+    def context_length(self) -> int | None:
+        """The most tokens one request holds, prompt and completion together."""
+        return self._text_model.context_length
+
+    @abc.abstractmethod
     def warm_up(self) -> None:
-        """One decoding step on the model thread: the first forward pass on a thread sets up
-        PyTorch's thread pool, which should not happen in a request."""
-        tokenizer = self._text_model.tokenizer
-        prompt = self.on_model_thread(lambda: list(tokenizer("Hello")["input_ids"]))
-        sequence = _new_sequence(self._text_model, prompt, base.GenerationParams(temperature=0))
-        self.on_model_thread(sequence.step)
+        """One decoding step: the first forward pass on a thread sets up PyTorch's thread pool,
+        which should not happen in a request."""
 
-    def on_model_thread(self, call: Callable[[], _T]) -> _T:
-        return self._model_thread.submit(call).result()
-
+    @abc.abstractmethod
     def close(self) -> None:
         """Stop every running generation before its next token."""
-        for cancel in list(self._running):
-            cancel.set()
+
+    @abc.abstractmethod
+    def _submit(self, job: Job) -> None:
+        """Start generating for ``job``; its deltas go to ``job.emit``."""
 
     async def stream(
         self,
@@ -97,12 +105,8 @@ class Generator:
             except RuntimeError:  # the event loop is closed: nobody is listening any more
                 cancel.set()
 
-        job = _Job(encode, params, param_name, cancel, emit)
-        thread = threading.Thread(
-            target=self._run, args=(job,), name=f"{THREAD_PREFIX}{next(_thread_ids)}", daemon=True
-        )
-        self._running.add(cancel)
-        thread.start()
+        job = Job(encode, params, param_name, cancel, emit)
+        self._submit(job)
         try:
             while True:
                 item = await queue.get()
@@ -113,9 +117,50 @@ class Generator:
                     return
         finally:
             cancel.set()
-            self._running.discard(cancel)
 
-    def _run(self, job: _Job) -> None:
+    def _limit(self, prompt_tokens: int, job: Job) -> int:
+        """How many tokens ``job`` may generate: its ``max_tokens`` (else the default), within
+        the model's context; a 400 when the prompt does not fit."""
+        room = _room(self._text_model, prompt_tokens, job.param_name)
+        asked = job.params.max_tokens
+        wanted = asked if asked is not None else self._default_max_tokens
+        return wanted if room is None else min(wanted, room)
+
+
+class Generator(TextGenerator):
+    """Runs each generation in a thread of its own, with its own KV cache, every model and
+    tokenizer call on ``model_thread``, a single-thread executor the engine owns: concurrent
+    generations advance token by token in turn. For the models ``hf_batching`` does not batch
+    (encoder-decoder models, caches with sliding windows)."""
+
+    def __init__(
+        self, text_model: TextModel, model_thread: ThreadPoolExecutor, default_max_tokens: int
+    ) -> None:
+        super().__init__(text_model, default_max_tokens)
+        self._model_thread = model_thread
+        self._running: set[threading.Event] = set()
+
+    def warm_up(self) -> None:
+        tokenizer = self._text_model.tokenizer
+        prompt = self.on_model_thread(lambda: list(tokenizer("Hello")["input_ids"]))
+        sequence = _new_sequence(self._text_model, prompt, base.GenerationParams(temperature=0))
+        self.on_model_thread(sequence.step)
+
+    def on_model_thread(self, call: Callable[[], _T]) -> _T:
+        return self._model_thread.submit(call).result()
+
+    def close(self) -> None:
+        for cancel in list(self._running):
+            cancel.set()
+
+    def _submit(self, job: Job) -> None:
+        thread = threading.Thread(
+            target=self._run, args=(job,), name=f"{THREAD_PREFIX}{next(_thread_ids)}", daemon=True
+        )
+        self._running.add(job.cancel)
+        thread.start()
+
+    def _run(self, job: Job) -> None:
         try:
             self._generate(job)
         except base.EngineError as error:
@@ -126,48 +171,72 @@ class Generator:
                 return
             logger.exception("generation failed")
             job.emit(error)
+        finally:
+            self._running.discard(job.cancel)
 
-    def _generate(self, job: _Job) -> None:
+    def _generate(self, job: Job) -> None:
         """One request's decoding loop; each model or tokenizer call runs on the model thread."""
-        text_model, params = self._text_model, job.params
+        text_model = self._text_model
         prompt = self.on_model_thread(lambda: job.encode(text_model.tokenizer))
-        room = _room(text_model, len(prompt), job.param_name)
-        wanted = params.max_tokens if params.max_tokens is not None else self._default_max_tokens
-        limit = wanted if room is None else min(wanted, room)
-        sequence = _new_sequence(text_model, prompt, params)
-        stops = hf_text.StopMatcher(params.stop)
-        finish = "length"
-        while sequence.produced < limit:
+        limit = self._limit(len(prompt), job)
+        sequence = _new_sequence(text_model, prompt, job.params)
+        output = TextOutput(text_model, job.params, len(prompt))
+        while output.produced < limit:
             if job.cancel.is_set():
-                logger.debug("generation cancelled after %d tokens", sequence.produced)
+                logger.debug("generation cancelled after %d tokens", output.produced)
                 return
-            ended, text = self.on_model_thread(sequence.step)
-            if ended:
-                finish = "stop"
-                break
-            safe, stopped = stops.push(text)
+            safe, done = self.on_model_thread(lambda: output.push(sequence.step()))
             if safe:
                 job.emit(base.TextDelta(text=safe))
-            if stopped:
+            if done:
                 break
-        tail = ""
-        if not stops.stopped:
-            tail, stopped = stops.push(self.on_model_thread(sequence.flush))
-            if not stopped:
-                tail += stops.flush()
-        if stops.stopped:
-            finish = "stop"
-        usage = protocol.Usage(prompt_tokens=len(prompt), completion_tokens=sequence.produced)
-        job.emit(base.TextDelta(text=tail, finish_reason=finish, usage=usage))
+        job.emit(self.on_model_thread(output.final))
 
 
 @dataclass(frozen=True, slots=True)
-class _Job:
+class Job:
+    """One request to generate for."""
+
     encode: Callable[[Any], list[int]]
     params: base.GenerationParams
     param_name: str
     cancel: threading.Event
     emit: Callable[[base.TextDelta | Exception], None]
+
+
+class TextOutput:
+    """One request's text as its tokens come: deltas that never split a character or send the
+    start of a stop string, then a last delta with the finish reason and usage. Decodes with the
+    tokenizer: call it on the model thread."""
+
+    def __init__(
+        self, text_model: TextModel, params: base.GenerationParams, prompt_tokens: int
+    ) -> None:
+        self._end_ids = text_model.end_ids
+        self._decoder = hf_text.IncrementalDecoder(text_model.tokenizer)
+        self._stops = hf_text.StopMatcher(params.stop)
+        self._prompt_tokens = prompt_tokens
+        self._ended = False
+        self.produced = 0
+
+    def push(self, token: int) -> tuple[str, bool]:
+        """The text now safe to send, and whether the text is done (an end token or a stop
+        string)."""
+        self.produced += 1
+        if token in self._end_ids:
+            self._ended = True
+            return "", True
+        return self._stops.push(self._decoder.push(token))
+
+    def final(self) -> base.TextDelta:
+        tail = ""
+        if not self._stops.stopped:
+            tail, stopped = self._stops.push(self._decoder.flush())
+            if not stopped:
+                tail += self._stops.flush()
+        finish = "stop" if self._ended or self._stops.stopped else "length"
+        usage = protocol.Usage(prompt_tokens=self._prompt_tokens, completion_tokens=self.produced)
+        return base.TextDelta(text=tail, finish_reason=finish, usage=usage)
 
 
 def _room(text_model: TextModel, prompt_tokens: int, param_name: str) -> int | None:
@@ -195,7 +264,7 @@ def _room(text_model: TextModel, prompt_tokens: int, param_name: str) -> int | N
 
 
 class _Sequence(abc.ABC):
-    """The decoding state of one request: KV cache, random generator, text decoded so far."""
+    """The decoding state of one request: KV cache and random generator."""
 
     def __init__(
         self, text_model: TextModel, prompt: list[int], params: base.GenerationParams
@@ -206,29 +275,17 @@ class _Sequence(abc.ABC):
         self._params = params
         self._inputs = self._start(torch.tensor([prompt], device=text_model.device))
         self._cache: Any = None
-        self._generator = torch.Generator()  # sampling runs on the CPU: same seed, same text
-        if params.seed is not None:
-            self._generator.manual_seed(params.seed)
-        else:
-            self._generator.seed()
-        self._decoder = hf_text.IncrementalDecoder(text_model.tokenizer)
-        self.produced = 0
+        self._generator = random_generator(params)
 
-    def step(self) -> tuple[bool, str]:
-        """Generate one token: whether it ends the text, and the text it completes."""
+    def step(self) -> int:
+        """Generate the next token."""
         import torch
 
         with torch.inference_mode():
             logits, self._cache = self._forward(self._inputs)
-            token = _pick(logits, self._params, self._generator)
-        self.produced += 1
-        if token in self._text_model.end_ids:
-            return True, ""
+            token = pick(logits, self._params, self._generator)
         self._inputs = torch.tensor([[token]], device=self._text_model.device)
-        return False, self._decoder.push(token)
-
-    def flush(self) -> str:
-        return self._decoder.flush()
+        return token
 
     @abc.abstractmethod
     def _start(self, prompt: torch.Tensor) -> torch.Tensor:
@@ -244,9 +301,9 @@ class _CausalSequence(_Sequence):
         return prompt
 
     def _forward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, Any]:
-        keep = {"logits_to_keep": 1} if self._text_model.keeps_logits else {}
         output = self._text_model.model(
-            input_ids=inputs, past_key_values=self._cache, use_cache=True, **keep
+            input_ids=inputs, past_key_values=self._cache, use_cache=True,
+            **self._text_model.keep_last(),
         )
         return output.logits[0, -1], output.past_key_values
 
@@ -282,7 +339,19 @@ def _new_sequence(
     return _EncoderDecoderSequence(text_model, prompt, params)
 
 
-def _pick(logits: torch.Tensor, params: base.GenerationParams, generator: torch.Generator) -> int:
+def random_generator(params: base.GenerationParams) -> torch.Generator:
+    """A request's own random generator, on the CPU where sampling runs: same seed, same text."""
+    import torch
+
+    generator = torch.Generator()
+    if params.seed is not None:
+        generator.manual_seed(params.seed)
+    else:
+        generator.seed()
+    return generator
+
+
+def pick(logits: torch.Tensor, params: base.GenerationParams, generator: torch.Generator) -> int:
     """The next token: greedy at temperature 0, else sampled from the top-p nucleus."""
     import torch
 

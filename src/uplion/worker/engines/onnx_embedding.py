@@ -59,7 +59,11 @@ class OnnxEmbeddingEngine(base.Engine):
         if not texts:
             return base.Embeddings(vectors=[], prompt_tokens=0)
         vectors, tokens = await asyncio.to_thread(self._encode, texts)
-        return base.Embeddings(vectors=vectors.tolist(), prompt_tokens=tokens)
+        return base.Embeddings(vectors=vectors.tolist(), prompt_tokens=sum(tokens),
+                               text_tokens=tokens)
+
+    def batchable(self) -> frozenset[base.Batchable]:
+        return frozenset({"embed"})
 
     def _load(self) -> None:
         import onnxruntime
@@ -93,8 +97,9 @@ class OnnxEmbeddingEngine(base.Engine):
         self.info.embedding_dimensions = int(probe.shape[1])
         logger.info("loaded %s in %.1fs", model_file, time.perf_counter() - started)
 
-    def _encode(self, texts: list[str]) -> tuple[npt.NDArray[np.float32], int]:
-        """L2-normalised sentence vectors, and the number of tokens the model read.
+    def _encode(self, texts: list[str]) -> tuple[npt.NDArray[np.float32], list[int]]:
+        """L2-normalised sentence vectors, and the number of tokens the model read of each
+        text.
 
         Texts are batched longest first, so that each batch pads its texts to similar lengths.
         """
@@ -102,7 +107,7 @@ class OnnxEmbeddingEngine(base.Engine):
 
         order = sorted(range(len(texts)), key=lambda index: -len(texts[index]))
         parts: list[npt.NDArray[np.float32]] = []
-        tokens = 0
+        counts: list[npt.NDArray[np.int64]] = []
         for start in range(0, len(order), self.batch_size):
             batch = order[start : start + self.batch_size]
             encodings = self._tokenizer.encode_batch([texts[index] for index in batch])
@@ -118,9 +123,11 @@ class OnnxEmbeddingEngine(base.Engine):
                 weights = mask[:, :, None].astype(np.float32)
                 output = (output * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
             parts.append(output)
-            tokens += int(mask.sum())
+            counts.append(mask.sum(axis=1))
         longest_first = np.concatenate(parts)
         vectors = np.empty_like(longest_first)
         vectors[order] = longest_first
+        tokens = np.empty(len(texts), dtype=np.int64)
+        tokens[order] = np.concatenate(counts)
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        return vectors / np.clip(norms, 1e-12, None), tokens
+        return vectors / np.clip(norms, 1e-12, None), [int(n) for n in tokens]

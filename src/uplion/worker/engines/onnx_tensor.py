@@ -81,6 +81,14 @@ class OnnxTensorEngine(base.Engine):
         }
         return await asyncio.to_thread(self._run, names, feed)
 
+    def batchable(self) -> frozenset[base.Batchable]:
+        """``infer`` when every input and output has a first dimension of any size (the batch's,
+        by convention); a graph with a fixed one takes its requests one by one."""
+        tensors = [*self.info.inputs, *self.info.outputs]
+        if tensors and all(spec.shape[:1] == [-1] for spec in tensors):
+            return frozenset({"infer"})
+        return frozenset()
+
     def _load(self) -> None:
         import onnxruntime
 

@@ -59,6 +59,9 @@ class SentenceTransformerEngine(base.Engine):
             return base.Embeddings(vectors=[], prompt_tokens=0)
         return await asyncio.to_thread(self._embed, self._model, texts)
 
+    def batchable(self) -> frozenset[base.Batchable]:
+        return frozenset({"embed"})
+
     def _load(self) -> None:
         from sentence_transformers import SentenceTransformer
 
@@ -85,4 +88,6 @@ class SentenceTransformerEngine(base.Engine):
                 convert_to_numpy=True,
                 show_progress_bar=False,
             )
-        return base.Embeddings(vectors=vectors.tolist(), prompt_tokens=int(sum(lengths)))
+        tokens = [int(length) for length in lengths]
+        return base.Embeddings(vectors=vectors.tolist(), prompt_tokens=sum(tokens),
+                               text_tokens=tokens)

@@ -1,7 +1,9 @@
 """``transformers``: any transformers model, on CUDA when a GPU is visible, else the CPU.
 
 What it serves comes from the artifact (see ``hf_loading``): a causal LM or a sequence-to-sequence
-model generates text (chat through the tokenizer's own chat template, completions, streamed; see
+model generates text (chat through the tokenizer's own chat template, completions, streamed; a
+causal LM batches its concurrent generations continuously, see ``hf_batching``, and holds as many
+as its KV cache budget does, see ``hf_capacity``; others decode one by one, see
 ``hf_generation``), a sentence-transformers folder or an encoder loaded with ``task: embedding``
 embeds texts (see ``hf_pooling``), and a sequence classifier labels them. All model and tokenizer
 calls run on one dedicated model thread.
@@ -17,7 +19,16 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from uplion import protocol
-from uplion.worker.engines import base, devices, hf_generation, hf_loading, hf_pooling, hf_text
+from uplion.worker.engines import (
+    base,
+    devices,
+    hf_batching,
+    hf_capacity,
+    hf_generation,
+    hf_loading,
+    hf_pooling,
+    hf_text,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +45,8 @@ class TransformersEngine(base.Engine):
         threads: int | None = None,
         dtype: str = "auto",
         max_length: int | None = None,
+        kv_cache_mb: int | None = None,
+        max_total_tokens: int | None = None,
     ) -> None:
         self.artifact = artifact
         self.task = task
@@ -41,6 +54,8 @@ class TransformersEngine(base.Engine):
         self.threads = threads
         self.dtype = dtype
         self.max_length = max_length
+        self.kv_cache_mb = kv_cache_mb
+        self.max_total_tokens = max_total_tokens
         self._truncate_at = max_length
         self.info = base.EngineInfo(platform="pytorch")
         self._plan: hf_loading.Plan | None = None
@@ -48,7 +63,7 @@ class TransformersEngine(base.Engine):
         self._tokenizer: Any = None
         self._device = "cpu"
         self._model_thread: ThreadPoolExecutor | None = None
-        self._generator: hf_generation.Generator | None = None
+        self._generator: hf_generation.TextGenerator | None = None
 
     async def load(self) -> None:
         await asyncio.to_thread(self._load)
@@ -78,14 +93,22 @@ class TransformersEngine(base.Engine):
         if not texts:
             return base.Embeddings(vectors=[], prompt_tokens=0)
         vectors, tokens = await self._on_model_thread(self._embed, texts)
-        return base.Embeddings(vectors=vectors, prompt_tokens=tokens)
+        return base.Embeddings(vectors=vectors, prompt_tokens=sum(tokens), text_tokens=tokens)
 
     async def classify(self, texts: list[str]) -> base.Classification:
         self._serving("classification", "classification")
         if not texts:
             return base.Classification(labels=[], prompt_tokens=0)
         labels, tokens = await self._on_model_thread(self._classify, texts)
-        return base.Classification(labels=labels, prompt_tokens=tokens)
+        return base.Classification(labels=labels, prompt_tokens=sum(tokens), text_tokens=tokens)
+
+    def batchable(self) -> frozenset[base.Batchable]:
+        task = self._plan.task if self._plan is not None else None
+        if task == "embedding":
+            return frozenset({"embed"})
+        if task == "classification":
+            return frozenset({"classify"})
+        return frozenset()  # generation batches in its own way (hf_generation)
 
     # Loading
 
@@ -127,21 +150,10 @@ class TransformersEngine(base.Engine):
         thread pool: not in a request) and describe what it serves in ``info``."""
         info = self.info
         if plan.task == "text-generation":
-            self._generator = hf_generation.Generator(
-                hf_generation.TextModel(
-                    model=self._model,
-                    tokenizer=self._tokenizer,
-                    device=self._device,
-                    end_ids=hf_loading.end_ids(self._model, self._tokenizer),
-                    context_length=context,
-                    decoder_start=hf_loading.decoder_start(plan, self._model),
-                    keeps_logits=hf_loading.keeps_logits(self._model),
-                ),
-                model_thread,
-                self.default_max_tokens,
-            )
+            self._generator = self._text_generator(plan, context, model_thread)
             self._generator.warm_up()
-            info.context_length = context
+            info.context_length = self._generator.context_length
+            info.max_concurrency = self._generator.max_concurrency
             info.inputs = [base.TensorSpec("text_input", "BYTES", [-1])]
             info.outputs = [base.TensorSpec("text_output", "BYTES", [-1])]
             return
@@ -156,6 +168,38 @@ class TransformersEngine(base.Engine):
             info.outputs = [
                 base.TensorSpec("label", "BYTES", [-1]), base.TensorSpec("score", "FP32", [-1])
             ]
+
+    def _text_generator(
+        self, plan: hf_loading.Plan, context: int | None, model_thread: ThreadPoolExecutor
+    ) -> hf_generation.TextGenerator:
+        """A continuous batch for a causal LM whose cache can be batched, else one decoding
+        loop per request."""
+        text_model = hf_generation.TextModel(
+            model=self._model,
+            tokenizer=self._tokenizer,
+            device=self._device,
+            end_ids=hf_loading.end_ids(self._model, self._tokenizer),
+            context_length=context,
+            decoder_start=hf_loading.decoder_start(plan, self._model),
+            keeps_logits=hf_loading.keeps_logits(self._model),
+        )
+        if not hf_batching.batches(self._model):
+            logger.info("%s generations are not batched (its KV cache is not a plain one)",
+                        plan.architecture)
+            return hf_generation.Generator(text_model, model_thread, self.default_max_tokens)
+        per_token = hf_capacity.bytes_per_token(plan.config, self._model.dtype.itemsize)
+        budget = hf_capacity.budget_bytes(self._device, self.kv_cache_mb)
+        capacity = hf_capacity.capacity(
+            per_token, budget, context, self.max_total_tokens, str(plan.folder)
+        )
+        logger.info(
+            "KV cache: %d bytes per token, %.0f MiB hold %d tokens: up to %d generations of %d "
+            "tokens at once", per_token, budget / 2**20, capacity.budget_tokens,
+            capacity.max_rows, capacity.max_total_tokens,
+        )
+        return hf_batching.BatchGenerator(
+            text_model, model_thread, self.default_max_tokens, capacity
+        )
 
     def _release(self) -> None:
         """Stop every generation before its next token and let the model go."""
@@ -178,7 +222,7 @@ class TransformersEngine(base.Engine):
 
     # Requests
 
-    def _generating(self) -> tuple[hf_generation.Generator, hf_loading.Plan]:
+    def _generating(self) -> tuple[hf_generation.TextGenerator, hf_loading.Plan]:
         plan = self._serving("text-generation", "chat and completions")
         if self._generator is None:
             raise RuntimeError("the transformers engine is not loaded")
@@ -198,8 +242,9 @@ class TransformersEngine(base.Engine):
             raise RuntimeError("the transformers engine was closed")
         return await asyncio.wrap_future(self._model_thread.submit(call, texts))
 
-    def _batches(self, texts: list[str]) -> list[tuple[Any, int]]:
-        """The tokenized batches of ``texts`` on the device, each with its token count."""
+    def _batches(self, texts: list[str]) -> list[tuple[Any, list[int]]]:
+        """The tokenized batches of ``texts`` on the device, each with its texts' token
+        counts."""
         batches = []
         for at in range(0, len(texts), _BATCH):
             inputs = self._tokenizer(
@@ -209,41 +254,41 @@ class TransformersEngine(base.Engine):
                 max_length=self._truncate_at,
                 return_tensors="pt",
             ).to(self._device)
-            batches.append((inputs, int(inputs["attention_mask"].sum())))
+            batches.append((inputs, inputs["attention_mask"].sum(dim=1).tolist()))
         return batches
 
-    def _embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
+    def _embed(self, texts: list[str]) -> tuple[list[list[float]], list[int]]:
         import torch
 
         pooling = self._pooling()
         if pooling.lower_case:
             texts = [text.lower() for text in texts]
         vectors: list[list[float]] = []
-        tokens = 0
+        tokens: list[int] = []
         with torch.inference_mode():
-            for inputs, count in self._batches(texts):
+            for inputs, counts in self._batches(texts):
                 hidden = self._model(**inputs).last_hidden_state
                 pooled = hf_pooling.pool(hidden, inputs["attention_mask"], pooling)
                 vectors.extend(pooled.cpu().tolist())
-                tokens += count
+                tokens.extend(counts)
         return vectors, tokens
 
-    def _classify(self, texts: list[str]) -> tuple[list[list[tuple[str, float]]], int]:
+    def _classify(self, texts: list[str]) -> tuple[list[list[tuple[str, float]]], list[int]]:
         import torch
 
         config = self._model.config
         multi_label = config.problem_type == "multi_label_classification"
         names = config.id2label
         labels: list[list[tuple[str, float]]] = []
-        tokens = 0
+        tokens: list[int] = []
         with torch.inference_mode():
-            for inputs, count in self._batches(texts):
+            for inputs, counts in self._batches(texts):
                 logits = self._model(**inputs).logits.float()
                 scores = torch.sigmoid(logits) if multi_label else torch.softmax(logits, dim=-1)
                 for row in scores.cpu().tolist():
                     ranked = sorted(enumerate(row), key=lambda item: item[1], reverse=True)
                     labels.append([(str(names.get(i, i)), float(s)) for i, s in ranked])
-                tokens += count
+                tokens.extend(counts)
         return labels, tokens
 
     def _pooling(self) -> hf_pooling.Pooling:
