@@ -92,25 +92,27 @@ class Cluster:
         waits: list[tuple[str, str]] = []  # name, readiness URL
         for index in range(1, gateways + 1):
             name, port = f"gw{index}", free_port()
-            self._spawn(name, "gateway", "--models", str(MODELS), "--broker", self.broker_url,
+            self.spawn(name, "gateway", "--models", str(MODELS), "--broker", self.broker_url,
                         "--port", str(port))
             self.gateways[name] = f"http://127.0.0.1:{port}"
             waits.append((name, f"{self.gateways[name]}/v2/health/ready"))
         for name, model in workers.items():
             port = free_port()
-            self._spawn(name, "worker", "--models", str(MODELS), "--broker", self.broker_url,
+            self.spawn(name, "worker", "--models", str(MODELS), "--broker", self.broker_url,
                         "--model", model, "--name", name,
                         env={"UPLION_HEALTH_PORT": str(port), "UPLION_LOG_LEVEL": "info"})
             waits.append((name, f"http://127.0.0.1:{port}/readyz"))
-        self._spawn("billing", "billing", env={"UPLION_LOG_LEVEL": "info"})
+        self.spawn("billing", "billing", env={"UPLION_LOG_LEVEL": "info"})
         for name, url in waits:
-            self._wait_ready(name, url)
+            self.wait_ready(name, url)
 
-    def _spawn(self, name: str, *args: str, env: dict[str, str] | None = None) -> None:
+    def spawn(self, name: str, *args: str, env: dict[str, str] | None = None) -> None:
+        """Run ``uplion <args>`` as ``name`` on this cluster's Redis and database."""
         self.processes[name] = helpers.spawn(*args, log=self.log(name),
                                              env={**self.env, **(env or {})})
 
-    def _wait_ready(self, name: str, url: str) -> None:
+    def wait_ready(self, name: str, url: str) -> None:
+        """Wait until ``url`` answers 200 (fails the test if ``name`` exits or is too slow)."""
         process = self.processes[name]
         give_up = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < give_up:

@@ -60,23 +60,23 @@ def _start(platform: cluster.Cluster) -> dict[str, str]:
     waits: dict[str, str] = {}
     for name in ("gw1", "gw2"):
         port = free_port()
-        platform._spawn(name, "gateway", "--models", str(MODELS), "--broker",
+        platform.spawn(name, "gateway", "--models", str(MODELS), "--broker",
                         platform.broker_url, "--port", str(port))
         platform.gateways[name] = f"http://127.0.0.1:{port}"
         waits[name] = f"{platform.gateways[name]}/v2/health/ready"
     workers = {}
     for name, model in (("worker-1", "echo@1"), ("worker-2", "echo@2")):
         port = free_port()
-        platform._spawn(name, "worker", "--models", str(MODELS), "--broker", platform.broker_url,
+        platform.spawn(name, "worker", "--models", str(MODELS), "--broker", platform.broker_url,
                         "--model", model, "--name", name,
                         env={"UPLION_HEALTH_PORT": str(port)})
         workers[name] = f"127.0.0.1:{port}"
         waits[name] = f"http://{workers[name]}/readyz"
     billing = free_port()
-    platform._spawn("billing", "billing", env={"UPLION_METRICS_PORT": str(billing)})
+    platform.spawn("billing", "billing", env={"UPLION_METRICS_PORT": str(billing)})
     workers["billing"] = f"127.0.0.1:{billing}"
     for name, url in waits.items():
-        platform._wait_ready(name, url)
+        platform.wait_ready(name, url)
     return workers
 
 
