@@ -61,6 +61,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.overhead
 	$(BIN)/python -m bench.admission
 	$(BIN)/python -m bench.upstream
+	$(BIN)/python -m bench.engines
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -83,6 +83,7 @@ async def test_a_stop_flushes_what_is_held(database: db.Database) -> None:
     thread.stop()
     await running
 
-    assert thread.aggregator is not None and thread.aggregator.write_transactions == 1
+    assert thread.aggregator is not None
+    assert thread.aggregator.write_transactions == 1
     assert (await totals(database)).requests == 10
     assert await usage.read(10, block_ms=1) == []  # acked

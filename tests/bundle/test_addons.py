@@ -21,8 +21,8 @@ import yaml
 
 from tests.bundle import conftest, crd_models
 
-ROLES = ("metrics_server", "gpu_operator", "keda", "istio", "cert_manager", "pulsar", "argocd",
-         "argo_workflows", "uplion_gitops")
+ROLES = ("metrics_server", "gpu_operator", "keda", "istio", "cert_manager", "monitoring", "pulsar",
+         "argocd", "argo_workflows", "uplion_gitops")
 ADDONS = ROLES[:-1]
 ROLES_DIR = conftest.ROOT / "roles"
 PLAYBOOK = Path(__file__).parent / "render-roles.yml"

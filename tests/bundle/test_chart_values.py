@@ -20,7 +20,8 @@ from tests.bundle.test_addons import ADDONS, INVENTORY, VAULT, releases, render
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("chart-values")
-    done = render(tmp, list(ADDONS), {**VAULT, **INVENTORY})
+    # A StorageClass named: the claims then carry every storage key the roles can set.
+    done = render(tmp, list(ADDONS), {**VAULT, **INVENTORY, "uplion_storage_class": "fast"})
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     return tmp / "out"
 
@@ -43,6 +44,8 @@ def test_releases_are_pinned_and_set_only_the_charts_values(rendered: Path, role
 
 def test_every_vendored_chart_is_a_pinned_one(rendered: Path) -> None:
     pinned = {f"{r['chart']}-{r['version']}" for r in _all(rendered)}
+    pinned |= {sub for r in _all(rendered)
+               for sub in chart_values.subcharts(r["chart"], r["version"]).values()}
     assert set(chart_values.available()) == pinned
 
 
@@ -56,6 +59,12 @@ def test_every_vendored_chart_is_a_pinned_one(rendered: Path) -> None:
         ("pulsar", ["broker", "replicaCount"], "replica_count"),
         ("argo-cd", ["configs", "cm"], "cms"),
         ("argo-workflows", ["controller", "workflowNamespaces"], "workflowNamespace"),
+        ("kube-prometheus-stack",
+         ["prometheus", "prometheusSpec", "serviceMonitorSelectorNilUsesHelmValues"],
+         "serviceMonitorSelectorNilUsesHelmValue"),
+        ("kube-prometheus-stack", ["grafana", "persistence", "storageClassName"], "storageClass"),
+        ("kube-prometheus-stack", ["grafana", "sidecar", "dashboards", "searchNamespace"],
+         "searchNamespaces"),
     ],
 )
 def test_a_misspelt_value_key_fails(

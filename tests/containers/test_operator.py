@@ -12,6 +12,7 @@ from typing import Any
 import kmock
 import pytest
 import yaml
+from kmock import ResourceInfo
 
 from tests.containers import pods
 from tests.containers.conftest import pod_spec
@@ -43,26 +44,33 @@ async def test_the_operator_makes_an_aimodels_workers(
     objects: pods.Objects, kubeconfig: Path,
 ) -> None:
     declare(kmock)
+    for key, kind in [("apiextensions.k8s.io/v1/customresourcedefinitions",
+                       "CustomResourceDefinition"), ("v1/namespaces", "Namespace")]:
+        kmock.resources[key] = ResourceInfo(kind=kind, namespaced=False,
+                                            verbs={"get", "list", "watch"})
     url = str(kmock.url).rstrip("/")
     aimodel = copy.deepcopy(examples.LOCAL)
     aimodel["metadata"]["namespace"] = pods.NAMESPACE
     client = await kube.Kube.connect(host=url)
     container = await asyncio.to_thread(
         pods.run, uplion_image, pod_spec(release, "Deployment", "operator"), "operator",
-        objects, kubeconfig.parent, env={"KUBECONFIG": "/etc/stand-in/kubeconfig"},
+        objects, kubeconfig.parent,
+        env={"KUBECONFIG": "/etc/stand-in/kubeconfig", "UPLION_OPERATOR_NAMESPACE": ""},
         extra=("--volume", f"{kubeconfig}:/etc/stand-in/kubeconfig:ro"))
     try:
         await client.create(aimodel)
-        async with asyncio.timeout(TIMEOUT_S):
-            while True:
-                try:
-                    deployment = await client.get("apps/v1", "Deployment", pods.NAMESPACE,
-                                                  "smollm2-worker")
-                    break
-                except kube.NotFound:
-                    running = await asyncio.to_thread(container.running)
-                    assert running, container.logs()
-                    await asyncio.sleep(0.2)
+        deadline = asyncio.get_running_loop().time() + TIMEOUT_S
+        while True:
+            try:
+                deployment = await client.get("apps/v1", "Deployment", pods.NAMESPACE,
+                                              "smollm2-worker")
+                break
+            except kube.NotFound:
+                running = await asyncio.to_thread(container.running)
+                if not running or asyncio.get_running_loop().time() > deadline:
+                    pytest.fail("no worker Deployment; the operator's log:\n"
+                                + await asyncio.to_thread(container.logs))
+                await asyncio.sleep(0.2)
         worker = deployment["spec"]["template"]["spec"]["containers"][0]
         assert worker["image"] == aimodel["spec"]["image"]
     finally:

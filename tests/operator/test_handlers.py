@@ -116,3 +116,17 @@ async def test_events_of_other_pods_are_ignored(client: kube.Kube) -> None:
 async def test_report_is_a_no_op_outside_a_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("POD_NAME", raising=False)
     assert await events.report_unrecoverable("EngineLoadFailed", "boom") is False
+
+
+async def test_reconcile_passes_the_operators_tracing_settings_to_the_workers(
+    client: kube.Kube,
+) -> None:
+    aimodel = await client.create(copy.deepcopy(examples.LOCAL))
+    environ = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318",
+               "OTEL_SERVICE_NAME": "uplion-operator"}
+    await handlers.reconcile(body=kopf.Body(aimodel), patch=kopf.Patch(),
+                             memo={"kube": client, "environ": environ})
+    deployment = await client.get("apps/v1", "Deployment", NS, "smollm2-worker")
+    env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": "http://collector:4318"} in env
+    assert "OTEL_SERVICE_NAME" not in {e["name"] for e in env}

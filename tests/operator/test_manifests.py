@@ -9,7 +9,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.operator import examples, schemas
+from tests.bundle import crd_models
+from tests.operator import examples
 from uplion.broker import redis_streams
 from uplion.operator import manifests
 
@@ -25,9 +26,37 @@ def _kube_errors(obj: dict[str, Any]) -> str | None:
     return None
 
 
-def _keda_errors(obj: dict[str, Any]) -> list[str]:
-    check = schemas.validator(schemas.SCALED_OBJECT)
-    return [f"{list(e.path)}: {e.message}" for e in check.iter_errors(obj)]
+SCALED_OBJECT_TYPOS = [
+    (["spec"], "minReplicas"),
+    (["spec", "scaleTargetRef"], "nmae"),
+    (["spec", "triggers", 0], "authRef"),
+]
+
+
+def _with_typo(obj: dict[str, Any], path: list[Any], typo: str) -> dict[str, Any]:
+    target = obj
+    for key in path:
+        target = target[key]
+    target[typo] = 1
+    return obj
+
+
+@pytest.fixture(scope="module")
+def keda_errors() -> dict[str, list[str]]:
+    """What the models generated from KEDA's CRD say of every example's ScaledObjects and of the
+    misspelt ones below, by ``<example>/<name>`` (one node and tsc run for all: they are slow)."""
+    objects = {
+        f"{name}/{obj['metadata']['name']}": obj
+        for name in sorted(examples.ALL)
+        for obj in manifests.all_objects(examples.example(name), NS)
+        if obj["kind"] == "ScaledObject"
+    }
+    objects |= {
+        f"typo/{typo}": _with_typo(manifests.scaled_object(examples.example("local"), NS),
+                                   path, typo)
+        for path, typo in SCALED_OBJECT_TYPOS
+    }
+    return dict(zip(objects, crd_models.validate(list(objects.values())), strict=True))
 
 
 def _container(deployment: dict[str, Any]) -> dict[str, Any]:
@@ -36,14 +65,14 @@ def _container(deployment: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("name", sorted(examples.ALL))
-def test_every_object_validates(name: str) -> None:
+def test_every_object_validates(name: str, keda_errors: dict[str, list[str]]) -> None:
     objects = manifests.all_objects(examples.example(name), NS)
     kinds = [o["kind"] for o in objects]
     tracks = 2 if name == "gpu-canary" else 1
     assert kinds == ["ConfigMap"] + ["Deployment", "ScaledObject"] * tracks
     for obj in objects:
         if obj["kind"] == "ScaledObject":
-            assert _keda_errors(obj) == []
+            assert keda_errors[f"{name}/{obj['metadata']['name']}"] == []
         else:
             assert _kube_errors(obj) is None
 
@@ -70,18 +99,12 @@ def test_a_typo_in_a_container_security_context_fails() -> None:
     assert _kube_errors(deployment) is not None
 
 
-@pytest.mark.parametrize(("path", "typo"), [
-    (["spec"], "minReplicas"),
-    (["spec", "scaleTargetRef"], "nmae"),
-    (["spec", "triggers", 0], "authRef"),
-])
-def test_a_typo_in_a_scaled_object_fails(path: list[Any], typo: str) -> None:
-    obj = manifests.scaled_object(examples.example("local"), NS)
-    target = obj
-    for key in path:
-        target = target[key]
-    target[typo] = 1
-    assert _keda_errors(obj)
+@pytest.mark.parametrize(("path", "typo"), SCALED_OBJECT_TYPOS)
+def test_a_typo_in_a_scaled_object_fails(
+    path: list[Any], typo: str, keda_errors: dict[str, list[str]]
+) -> None:
+    errors = keda_errors[f"typo/{typo}"]
+    assert any(typo in error for error in errors), errors
 
 
 def test_building_twice_gives_the_same_objects_and_leaves_the_input_alone() -> None:
@@ -299,3 +322,44 @@ def test_the_models_file_carries_the_source_to_the_fetch() -> None:
     assert models[0]["fetch"]["s3"] == {"endpoint_url": "http://minio.storage:9000",
                                         "region": None, "path_style": True, "ca_bundle": None}
     assert models[0]["fetch"]["sha256"] == {"model.onnx": "ab" * 32}
+
+
+OPERATOR_TRACING = {
+    "OTEL_SERVICE_NAME": "uplion-operator",
+    "OTEL_TRACES_EXPORTER": "otlp",
+    "OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel-collector.observability:4318",
+    "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+    "OTEL_EXPORTER_OTLP_HEADERS": "authorization=Bearer secret",
+    "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+    "OTEL_TRACES_SAMPLER_ARG": "0.1",
+    "OTEL_BSP_SCHEDULE_DELAY": "500",
+    "OTEL_RESOURCE_ATTRIBUTES": "k8s.namespace.name=uplion-system,deployment.environment=prod",
+    "UPLION_METRICS_PORT": "9090",
+}
+
+
+def test_workers_inherit_the_operators_tracing_settings() -> None:
+    """The worker container traces where the operator's chart said to, as `uplion-worker` (its
+    own default name) in its own namespace; no secret header becomes a plain value."""
+    deployment = manifests.worker_deployment(examples.example("s3-source"), NS,
+                                             environ=OPERATOR_TRACING)
+    pod = deployment["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert {name: value for name, value in env.items() if name.startswith("OTEL_")} == {
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel-collector.observability:4318",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG": "0.1",
+        "OTEL_BSP_SCHEDULE_DELAY": "500",
+        "OTEL_RESOURCE_ATTRIBUTES": f"k8s.namespace.name={NS},deployment.environment=prod",
+    }
+    assert "UPLION_METRICS_PORT" not in env
+    assert not any(e["name"].startswith("OTEL_") for e in pod["initContainers"][0]["env"])
+    assert _kube_errors(deployment) is None
+
+
+def test_without_tracing_settings_the_workers_get_none() -> None:
+    for environ in (None, {}, {"UPLION_METRICS_PORT": "9090", "PATH": "/usr/bin"}):
+        deployment = manifests.worker_deployment(examples.example("local"), NS, environ=environ)
+        assert not any(e["name"].startswith("OTEL_") for e in _container(deployment)["env"])

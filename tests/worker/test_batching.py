@@ -178,7 +178,9 @@ async def test_a_bad_input_fails_its_own_request_not_the_batch(
     assert engine.rows[0] == 7  # one call for the four, which fails; then each alone
     assert sorted(engine.rows[1:]) == [1, 2, 2, 2]
     error = finals["bad"].error
-    assert finals["bad"].kind == "error" and error is not None and error.status == 400
+    assert finals["bad"].kind == "error"
+    assert error is not None
+    assert error.status == 400
     assert "NaN" in error.message
     for index, values in enumerate(good):
         data = finals[f"g{index}"].data

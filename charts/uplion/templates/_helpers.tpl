@@ -153,3 +153,31 @@ seccompProfile:
 {{- define "uplion.beforeJobs" -}}
 argocd.argoproj.io/sync-wave: "-2"
 {{- end }}
+
+{{/* OpenTelemetry: the standard OTEL_* variables of a component (ctx: root, component), when
+tracing.enabled. The operator passes all but OTEL_SERVICE_NAME on to the workers it creates. */}}
+{{- define "uplion.tracingEnv" -}}
+{{- $tracing := .root.Values.tracing -}}
+{{- if $tracing.enabled }}
+{{- $attributes := list (printf "k8s.namespace.name=%s" .root.Release.Namespace) }}
+{{- range $key, $value := $tracing.resourceAttributes }}
+{{- $attributes = append $attributes (printf "%s=%s" $key $value) }}
+{{- end -}}
+- name: OTEL_SERVICE_NAME
+  value: {{ printf "uplion-%s" .component | quote }}
+- name: OTEL_TRACES_EXPORTER
+  value: otlp
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ required "tracing.otlpEndpoint is required when tracing.enabled" $tracing.otlpEndpoint | quote }}
+- name: OTEL_EXPORTER_OTLP_PROTOCOL
+  value: {{ $tracing.protocol | quote }}
+- name: OTEL_TRACES_SAMPLER
+  value: {{ $tracing.sampler | quote }}
+{{- with $tracing.samplerArg }}
+- name: OTEL_TRACES_SAMPLER_ARG
+  value: {{ . | quote }}
+{{- end }}
+- name: OTEL_RESOURCE_ATTRIBUTES
+  value: {{ join "," $attributes | quote }}
+{{- end }}
+{{- end }}

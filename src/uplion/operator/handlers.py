@@ -16,6 +16,7 @@ tests call them directly with a ``kube.Kube`` in ``memo["kube"]``.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -64,7 +65,8 @@ async def reconcile(*, body: kopf.Body, patch: kopf.Patch, memo: Any, **_: Any) 
     namespace = body["metadata"]["namespace"]
     generation = body["metadata"].get("generation")
     try:
-        objects = manifests.all_objects(body, namespace)
+        # The workers inherit the operator's tracing settings (memo["environ"] stands in for tests).
+        objects = manifests.all_objects(body, namespace, memo.get("environ", os.environ))
     except ValueError as error:  # pydantic's ValidationError included
         decision = decide.failed_spec(error, generation)
         patch.status.update(decide.status_of(decision, None, generation))

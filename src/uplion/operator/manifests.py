@@ -23,6 +23,10 @@ its lag (waiting; the only count that can wake a model scaled to zero); on Pulsa
 trigger counts the subscription's backlog. KEDA resolves names from its own namespace: a short
 Service name in a scaler's address or admin URL is qualified with the AIModel's namespace
 (``redis-master:6379`` → ``redis-master.<namespace>.svc:6379``).
+
+Workers trace as the operator does: the operator's own OpenTelemetry settings (``OTEL_*``, from
+the chart's ``tracing`` values) go to the worker container, but for its service name (a worker's
+is ``uplion-worker``) and the collector's headers and client keys (secrets, never a plain value).
 """
 
 from __future__ import annotations
@@ -50,6 +54,12 @@ WORKER_SERVICE_ACCOUNT = "uplion-worker"
 REDIS_STREAM_PREFIX = "uplion:topic:"
 """The Redis key of a topic's stream (``uplion.broker.redis_streams``' layout)."""
 DEFAULT_POLLING_INTERVAL_S = 15
+TRACING_ENV = ("OTEL_SDK_DISABLED", "OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_ENDPOINT",
+               "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_PROTOCOL",
+               "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_COMPRESSION",
+               "OTEL_EXPORTER_OTLP_TIMEOUT", "OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG",
+               "OTEL_RESOURCE_ATTRIBUTES", "OTEL_PROPAGATORS")
+"""The operator's ``OTEL_*`` variables its workers inherit (``OTEL_BSP_*`` too)."""
 _MAX_NAME = 63
 
 
@@ -190,6 +200,23 @@ def _env(spec: resource.AIModelSpec) -> list[dict[str, Any]]:
     return env
 
 
+def tracing_env(environ: Mapping[str, str], namespace: str) -> list[dict[str, Any]]:
+    """The workers' OpenTelemetry settings: the operator's (``environ``) of ``TRACING_ENV`` and
+    ``OTEL_BSP_*``, with ``k8s.namespace.name`` in the resource attributes set to the workers'
+    ``namespace``."""
+    env: list[dict[str, Any]] = []
+    for name in sorted(environ):
+        if name not in TRACING_ENV and not name.startswith("OTEL_BSP_"):
+            continue
+        value = environ[name]
+        if name == "OTEL_RESOURCE_ATTRIBUTES":
+            pairs = [pair for pair in value.split(",")
+                     if pair.strip() and pair.split("=", 1)[0].strip() != "k8s.namespace.name"]
+            value = ",".join([f"k8s.namespace.name={namespace}", *pairs])
+        env.append({"name": name, "value": value})
+    return env
+
+
 def _resources(spec: resource.AIModelSpec) -> dict[str, Any]:
     limits: dict[str, int | str] = dict(spec.resources.limits)
     if spec.resources.gpus:
@@ -240,10 +267,12 @@ def _source_claim(source: str | None) -> str | None:
 
 
 def worker_deployment(
-    aimodel: Mapping[str, Any], namespace: str, track: Track = "stable"
+    aimodel: Mapping[str, Any], namespace: str, track: Track = "stable",
+    environ: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The Deployment of a track's workers; ``replicas`` starts at ``replicas.min``, then KEDA
-    owns it (an update should leave the live count alone)."""
+    owns it (an update should leave the live count alone). ``environ``: the operator's own
+    environment, whose OpenTelemetry settings the workers inherit (``tracing_env``)."""
     spec = _spec(aimodel)
     version = _version(spec, track)
     image = spec.canary.image if track == "canary" and spec.canary and spec.canary.image else None
@@ -284,6 +313,7 @@ def worker_deployment(
             "volumeMounts": mounts,
         })
         env = [*env, {"name": "UPLION_MODEL_PATH", "value": link}]
+    env = [*env, *tracing_env(environ or {}, namespace)]
     container = {
         "name": "worker",
         "image": image or spec.image,
@@ -447,11 +477,14 @@ def scaled_object(
     }
 
 
-def all_objects(aimodel: Mapping[str, Any], namespace: str) -> list[dict[str, Any]]:
-    """Every object an AIModel owns, in the order to apply them."""
+def all_objects(
+    aimodel: Mapping[str, Any], namespace: str, environ: Mapping[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """Every object an AIModel owns, in the order to apply them (``environ``: the operator's
+    environment, see ``worker_deployment``)."""
     tracks: tuple[Track, ...] = ("stable", "canary") if _spec(aimodel).canary else ("stable",)
     objects = [worker_config_map(aimodel, namespace)]
     for track in tracks:
-        objects += [worker_deployment(aimodel, namespace, track),
+        objects += [worker_deployment(aimodel, namespace, track, environ),
                     scaled_object(aimodel, namespace, track)]
     return objects

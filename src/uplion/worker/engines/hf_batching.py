@@ -187,6 +187,7 @@ class BatchGenerator(hf_generation.TextGenerator):
                 group = []
             group.append(row)
             state.joining.append(row)
+            self.rows = len(state.joining)
         if group:
             yield group
 

@@ -1,0 +1,352 @@
+"""The chart's workloads played with ``podman kube play`` (podman 4.3), as a cluster would run them.
+
+Names resolve as a cluster's Services do: every pod joins one podman network (``NETWORK``, with
+aardvark-dns), and each Deployment is played alone with the names of the Services that select
+it as network aliases (``podman kube play --network NET:alias=NAME``), so ``uplion-gateway``
+reaches the gateway's pods. Redis and PostgreSQL run as containers aliased ``redis-master`` and
+``postgresql``: the names of the upstream charts' Services that the chart's default URLs name.
+The host reaches the pods at their network addresses (rootful podman routes the bridge), so
+nothing is published and the manifests keep their ports as they are.
+
+What podman 4.3 does not do as the kubelet does, and what is done for it (nothing else is
+changed; every command, argument, variable, mount, port, probe and securityContext is played as
+rendered):
+
+- ``Job``: not a kind ``kube play`` knows. A Job's pod template is played as a ``Pod`` of the
+  Job's name (``job_pod``), and waited on (``wait_succeeded``).
+- ``Secret``: ``kube play`` stores a ``kind: Secret`` but then fails to read it back (it expects
+  JSON). Secrets are created with ``podman secret create`` as the JSON map of base64 values that
+  ``envFrom.secretRef`` and ``secretKeyRef`` read.
+- ``fieldRef: metadata.namespace``: refused; it becomes the namespace's value.
+- ``emptyDir``: a podman volume named after the volume, shared by every pod that names it; it
+  is renamed ``<workload>-<volume>`` so that workloads do not share their ``/tmp`` (the replicas
+  of one Deployment still do).
+- Init containers are restarted under ``restartPolicy: Always``: the pods of a Deployment with
+  init containers are played with ``OnFailure``. (Neither policy restarts a container that
+  ``podman kill`` stopped.)
+- ``runAsNonRoot`` is not checked by podman: ``running_as`` returns the container's user and
+  ``security_findings`` fails where it is root; read-only root filesystems, users and dropped
+  capabilities are podman's own (checked from ``podman inspect``).
+
+Redis and PostgreSQL run from small images built with buildah on the Debian base that the
+uplion image is built on (``service_image``), tagged by a hash of their recipe and base, so they
+are built once.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import hashlib
+import json
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+NETWORK = "uplion-kube-play"
+NAMESPACE = "uplion"
+BUILD_TIMEOUT_S = 900
+COMMAND_TIMEOUT_S = 120
+
+SERVICE_RECIPES = {
+    "redis": """\
+FROM {base}
+RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \\
+      --no-install-recommends redis-server >/dev/null && rm -rf /var/lib/apt/lists/*
+USER redis
+CMD ["/usr/bin/redis-server", "--bind", "0.0.0.0", "--protected-mode", "no", "--save", "", \\
+     "--appendonly", "no"]
+""",
+    # The chart's default URL: user uplion, no password, database uplion; trust from the network.
+    "postgresql": """\
+FROM {base}
+RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \\
+      --no-install-recommends postgresql >/dev/null && rm -rf /var/lib/apt/lists/*
+USER postgres
+CMD ["/bin/sh", "-c", "PATH=$(echo /usr/lib/postgresql/*/bin):$PATH && \\
+initdb -D /tmp/data -U uplion -A trust >/dev/null && \\
+echo 'host all all all trust' >> /tmp/data/pg_hba.conf && \\
+echo 'CREATE DATABASE uplion' | postgres --single -D /tmp/data postgres >/dev/null && \\
+exec postgres -D /tmp/data -k /tmp -c listen_addresses=* -c fsync=off"]
+""",
+}
+
+
+def podman(*args: str, stdin: str | None = None, check: bool = True) -> str:
+    """``podman args``' output; an ``AssertionError`` with its message when it fails."""
+    done = subprocess.run(["podman", *args], input=stdin, capture_output=True, text=True,
+                          check=False, timeout=COMMAND_TIMEOUT_S)
+    if check and done.returncode != 0:
+        raise AssertionError(f"podman {' '.join(args)} failed:\n{done.stderr}")
+    return done.stdout
+
+
+def service_image(name: str, base: str) -> str:
+    """The image ``localhost/uplion-test-<name>:<hash>`` of ``SERVICE_RECIPES[name]`` on
+    ``base``, built with buildah unless it exists."""
+    recipe = SERVICE_RECIPES[name].format(base=base)
+    base_id = podman("image", "inspect", "--format", "{{.Id}}", base).strip()
+    digest = hashlib.sha256(f"{recipe}\n{base_id}".encode()).hexdigest()[:12]
+    image = f"localhost/uplion-test-{name}:{digest}"
+    if _exists(image):
+        return image
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / "Containerfile").write_text(recipe)
+        done = subprocess.run(
+            ["buildah", "build", "--isolation", "chroot", "--quiet", "--tag", image, folder],
+            capture_output=True, text=True, check=False, timeout=BUILD_TIMEOUT_S)
+    if done.returncode != 0:
+        raise AssertionError(f"building {image} failed:\n{done.stderr[-6000:]}")
+    return image
+
+
+def _exists(image: str) -> bool:
+    return subprocess.run(["podman", "image", "exists", image], check=False).returncode == 0
+
+
+def job_pod(job: Mapping[str, Any]) -> dict[str, Any]:
+    """A Job's pod template as the Pod a Job controller would make (named after the Job)."""
+    template = job["spec"]["template"]
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": job["metadata"]["name"],
+                         "labels": dict(template["metadata"].get("labels") or {})},
+            "spec": copy.deepcopy(template["spec"])}
+
+
+def pod_spec(workload: Mapping[str, Any]) -> dict[str, Any]:
+    """The pod spec of a Pod or of a workload's template."""
+    spec: dict[str, Any] = (workload["spec"] if workload["kind"] == "Pod"
+                            else workload["spec"]["template"]["spec"])
+    return spec
+
+
+def _playable(workload: Mapping[str, Any]) -> dict[str, Any]:
+    """``workload`` with podman 4.3's gaps filled (the module's docstring)."""
+    played = copy.deepcopy(dict(workload))
+    name = played["metadata"]["name"]
+    spec = pod_spec(played)
+    renamed = {volume["name"]: f"{name}-{volume['name']}" for volume in spec.get("volumes") or []
+               if "emptyDir" in volume}
+    for volume in spec.get("volumes") or []:
+        volume["name"] = renamed.get(volume["name"], volume["name"])
+    for container in [*spec.get("initContainers", []), *spec["containers"]]:
+        for mount in container.get("volumeMounts") or []:
+            mount["name"] = renamed.get(mount["name"], mount["name"])
+        for variable in container.get("env") or []:
+            ref = (variable.get("valueFrom") or {}).get("fieldRef") or {}
+            if ref.get("fieldPath") == "metadata.namespace":
+                variable.pop("valueFrom")
+                variable["value"] = NAMESPACE
+    if spec.get("initContainers") and played["kind"] != "Pod":
+        spec["restartPolicy"] = "OnFailure"
+    return played
+
+
+def secret_data(secret: Mapping[str, Any]) -> dict[str, str]:
+    """A Secret's keys and base64 values (``stringData`` encoded, as the API server does)."""
+    data = dict(secret.get("data") or {})
+    for key, value in (secret.get("stringData") or {}).items():
+        data[key] = base64.b64encode(str(value).encode()).decode()
+    return data
+
+
+def service_names(workload: Mapping[str, Any], services: Iterable[Mapping[str, Any]]) -> list[str]:
+    """The names of the Services whose selector matches the workload's pods."""
+    labels = ((workload["spec"].get("template") or {}).get("metadata") or {}).get("labels") or {}
+    return [service["metadata"]["name"] for service in services
+            if (selector := service["spec"].get("selector"))
+            and all(labels.get(key) == value for key, value in selector.items())]
+
+
+class _NoAliases(yaml.SafeDumper):
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+@dataclass
+class Scenario:
+    """The podman objects of one scenario (its network, services, secrets and played pods), all
+    removed by ``close``, and removed first if a killed run left them behind."""
+
+    pods: list[str] = field(default_factory=list)
+    containers: list[str] = field(default_factory=list)
+    secrets: list[str] = field(default_factory=list)
+    volumes: set[str] = field(default_factory=set)
+    played: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Workload name -> the manifest played (with the changes ``_playable`` makes)."""
+
+    def start(self) -> None:
+        podman("network", "rm", "--force", NETWORK, check=False)
+        podman("network", "create", NETWORK)
+
+    def run(self, name: str, image: str, alias: str) -> str:
+        """Start a container of ``image`` named ``name`` on the network as ``alias``."""
+        podman("rm", "--force", "--time", "0", name, check=False)
+        self.containers.append(name)
+        podman("run", "--detach", "--name", name, "--network", NETWORK, "--network-alias",
+               alias, image)
+        return name
+
+    def secret(self, secret: Mapping[str, Any]) -> None:
+        name = secret["metadata"]["name"]
+        podman("secret", "rm", name, check=False)
+        self.secrets.append(name)
+        podman("secret", "create", name, "-", stdin=json.dumps(secret_data(secret)))
+
+    def play(self, workload: Mapping[str, Any], config_maps: Iterable[Mapping[str, Any]],
+             aliases: Iterable[str] = ()) -> list[str]:
+        """Play a Deployment or Pod with the ConfigMaps it reads; its pods' names."""
+        played = _playable(workload)
+        name = played["metadata"]["name"]
+        self.played[name] = played
+        spec = pod_spec(played)
+        names = {v["configMap"]["name"] for v in spec.get("volumes") or [] if "configMap" in v}
+        names |= {source["configMapRef"]["name"]
+                  for c in [*spec.get("initContainers", []), *spec["containers"]]
+                  for source in c.get("envFrom") or [] if "configMapRef" in source}
+        maps = [dict(c) for c in config_maps if c["metadata"]["name"] in names]
+        replicas = 1 if played["kind"] == "Pod" else int(played["spec"].get("replicas", 1))
+        pod_names = [name] if played["kind"] == "Pod" else [f"{name}-pod-{i}"
+                                                          for i in range(replicas)]
+        self.pods += pod_names
+        self.volumes |= {v["name"] for v in spec.get("volumes") or [] if "emptyDir" in v}
+        self.volumes |= {c["metadata"]["name"] for c in maps}
+        for volume in self.volumes:
+            podman("volume", "rm", "--force", volume, check=False)
+        options = ",".join(f"alias={alias}" for alias in aliases)
+        network = f"{NETWORK}:{options}" if options else NETWORK
+        text = yaml.dump_all([*maps, played], Dumper=_NoAliases, sort_keys=False)
+        podman("kube", "play", "--replace", "--network", network, "-", stdin=text)
+        return pod_names
+
+    def close(self) -> None:
+        for pod in self.pods:
+            podman("pod", "rm", "--force", "--time", "0", pod, check=False)
+        for container in self.containers:
+            podman("rm", "--force", "--time", "0", container, check=False)
+        for secret in self.secrets:
+            podman("secret", "rm", secret, check=False)
+        for volume in self.volumes:
+            podman("volume", "rm", "--force", volume, check=False)
+        podman("network", "rm", "--force", NETWORK, check=False)
+
+
+def inspect(container: str) -> dict[str, Any]:
+    found: dict[str, Any] = json.loads(podman("inspect", "--type", "container", container))[0]
+    return found
+
+
+def address(container: str) -> str:
+    """The container's (its pod's) address on the network."""
+    return str(inspect(container)["NetworkSettings"]["Networks"][NETWORK]["IPAddress"])
+
+
+def logs(container: str) -> str:
+    done = subprocess.run(["podman", "logs", container], capture_output=True, text=True,
+                          check=False, timeout=COMMAND_TIMEOUT_S)
+    return (done.stdout + done.stderr)[-6000:]
+
+
+def state(container: str) -> tuple[str, int, int]:
+    """The container's status, exit code and restart count."""
+    found = inspect(container)
+    return (str(found["State"]["Status"]), int(found["State"]["ExitCode"]),
+            int(found.get("RestartCount") or 0))
+
+
+def eventually(check: Callable[[], bool], what: str, timeout_s: float,
+               watched: Iterable[str] = ()) -> None:
+    """Poll ``check`` until it holds; fail at once, with its log, when a watched container
+    stopped, and with the logs of all of them at the deadline."""
+    watched = list(watched)
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        for container in watched:
+            status, code, restarts = state(container)
+            if status != "running" or restarts:
+                raise AssertionError(f"{container} {status} (exit {code}, {restarts} restarts) "
+                                     f"before {what}:\n{logs(container)}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {what} in {timeout_s} s:\n" + "\n".join(
+                f"--- {container}\n{logs(container)}" for container in watched))
+        time.sleep(0.1)
+
+
+def wait_succeeded(container: str, timeout_s: float) -> None:
+    """Wait until a Job's container exits 0; fail with its log if it fails (the first exit:
+    ``restartPolicy: OnFailure`` would run it again)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status, code, restarts = state(container)
+        if restarts or (status == "exited" and code != 0):
+            raise AssertionError(f"{container} failed (exit {code}):\n{logs(container)}")
+        if status == "exited":
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{container} still {status} after {timeout_s} s:\n"
+                                 f"{logs(container)}")
+        time.sleep(0.1)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """An HTTP probe a manifest declares, resolved to the port number."""
+
+    container: str
+    kind: str
+    port: int
+    path: str
+
+
+def probes(spec: Mapping[str, Any]) -> list[Probe]:
+    """Every ``httpGet`` probe of a pod spec's containers (named ports resolved)."""
+    found = []
+    for container in spec["containers"]:
+        ports = {p["name"]: p["containerPort"] for p in container.get("ports") or []}
+        for kind in ("startupProbe", "livenessProbe", "readinessProbe"):
+            get = (container.get(kind) or {}).get("httpGet")
+            if get is None:
+                continue
+            port = get["port"]
+            if isinstance(port, str):
+                assert port in ports, f"{container['name']}'s {kind} names no port: {port!r}"
+                port = ports[port]
+            found.append(Probe(container["name"], kind, int(port), get["path"]))
+    return found
+
+
+def security_findings(pod: str, spec: Mapping[str, Any]) -> list[str]:
+    """Where a pod's running containers differ from the securityContext their spec declares
+    (or podman did not apply it): an empty list when none."""
+    pod_security = spec.get("securityContext") or {}
+    findings = []
+    for container in spec["containers"]:
+        name = f"{pod}-{container['name']}"
+        declared = {**pod_security, **(container.get("securityContext") or {})}
+        found = inspect(name)
+        host = found["HostConfig"]
+        user = str(found["Config"].get("User") or "0").split(":")[0]
+        if declared.get("readOnlyRootFilesystem") and not host["ReadonlyRootfs"]:
+            findings.append(f"{name}: root filesystem writable")
+        if declared.get("runAsNonRoot") and user in ("0", "root"):
+            findings.append(f"{name}: runs as root despite runAsNonRoot")
+        if "runAsUser" in declared and user != str(declared["runAsUser"]):
+            findings.append(f"{name}: runs as {user}, not {declared['runAsUser']}")
+        if "ALL" in (declared.get("capabilities") or {}).get("drop", []) and (
+                found["EffectiveCaps"] or []):
+            findings.append(f"{name}: capabilities {found['EffectiveCaps']}")
+        if declared.get("allowPrivilegeEscalation") is False and "no-new-privileges" not in (
+                host.get("SecurityOpt") or []):
+            findings.append(f"{name}: privilege escalation allowed")
+        writable = sorted(m["Destination"] for m in found["Mounts"] if m["RW"])
+        declared_writable = sorted(m["mountPath"] for m in container.get("volumeMounts") or []
+                                   if not m.get("readOnly"))
+        if writable != declared_writable:
+            findings.append(f"{name}: writable mounts {writable}, declared {declared_writable}")
+    return findings
