@@ -41,7 +41,9 @@ from bench.services import free_port
 
 TEXTS = 256
 STREAMS = 16
-MLSERVER = ("mlserver==1.7.1", "mlserver-sklearn==1.7.1")
+MLSERVER = ("mlserver==1.7.1", "mlserver-sklearn==1.7.1", "uvloop==0.21.0")
+"""MLServer and its runtime, pinned; with uvloop 0.22 and later its inference workers die at
+start (``asyncio.get_event_loop`` raises there)."""
 EMBEDDING_MODEL = """models:
   - name: minilm
     serves: embedding
@@ -246,13 +248,12 @@ def mlserver_python() -> Path:
     cache = Path(os.environ.get("UPLION_CACHE_DIR") or "~/.cache/uplion").expanduser()
     venv = cache / "bench" / f"mlserver-{MLSERVER[0].split('==')[1]}"
     python = venv / "bin" / "python"
+    pins = [*MLSERVER, f"scikit-learn=={sklearn.__version__}", f"joblib=={joblib.__version__}"]
     done = venv / ".installed"
-    if not done.exists():
+    if not done.exists() or done.read_text() != " ".join(pins):
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", *MLSERVER,
-                        f"scikit-learn=={sklearn.__version__}", f"joblib=={joblib.__version__}"],
-                       check=True)
-        done.touch()
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *pins], check=True)
+        done.write_text(" ".join(pins))
     return python
 
 
@@ -286,8 +287,10 @@ def mlserver(model_file: Path, workdir: Path) -> Iterator[Served]:
 def chat_section(workdir: Path, duration: int) -> list[str]:
     """The hook of the chat figures: tokens/s and time to first token (p50, p99) at 1, 4, 8 and
     16 concurrent streams of SmolLM2-135M, each beside the same model called directly with
-    transformers in this process. Written with the continuous-batching work (issue 15)."""
-    return ["chat: not measured yet (bench.engines.chat_section is the place for it)"]
+    transformers in this process (see ``bench.engines_chat``)."""
+    from bench import engines_chat
+
+    return engines_chat.section(workdir, duration, uplion)
 
 
 def main() -> None:

@@ -59,6 +59,10 @@ else
   buildah build --isolation chroot --layers "${args[@]}" "${mounts[@]}" \
     --tag "$name" --file Dockerfile . >&2
   echo "built $name in $(( $(date +%s) - start )) s" >&2
+  # Older builds of this variant (2-3 GB each) go; their cached layers stay for the next build.
+  podman images --format '{{.Repository}}:{{.Tag}}' \
+    | grep -x "localhost/uplion:$accelerator-[0-9a-f]\{12\}" | grep -vx "$name" \
+    | xargs -r podman rmi >/dev/null 2>&1 || true
 fi
 size=$(podman image inspect --format '{{.Size}}' "$name")
 echo "image $name: $(( size / 1000000 )) MB" >&2

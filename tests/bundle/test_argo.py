@@ -30,7 +30,7 @@ ROLLOUT_OPTIONS = {
     "evaluate": (
         {"--model", "--version"},
         {"--window", "--max-error-rate", "--max-p95-ms", "--min-requests", "--drive",
-         "--prometheus", "--baseline", "--max-p95-ratio"},
+         "--prometheus", "--prometheus-match", "--baseline", "--max-p95-ratio"},
     ),
     "set-weight": ({"--model", "--version", "--weight"}, set()),
     "promote": ({"--model", "--version"}, set()),

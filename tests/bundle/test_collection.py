@@ -685,3 +685,17 @@ def test_collection_builds_a_clean_artifact_that_installs_offline(tmp_path: Path
         str(installed / "ansible_collections" / "uplion" / "platform" / "playbooks" / "site.yml")
         in done.stdout
     )
+
+
+ADDON_NAMES = {"metrics_server": "metrics-server", "gpu_operator": "GPU operator", "keda": "KEDA",
+               "istio": "Istio", "cert_manager": "cert-manager", "monitoring": "monitoring stack",
+               "pulsar": "Pulsar", "argocd": "Argo CD", "argo_workflows": "Argo Workflows"}
+
+
+def test_the_galaxy_description_names_every_add_on() -> None:
+    plays = yaml.safe_load((PLAYBOOKS / "addons.yml").read_text())
+    roles = [r["role"].removeprefix("uplion.platform.") for play in plays
+             for r in play.get("roles", [])]
+    assert set(roles) == set(ADDON_NAMES)
+    description = " ".join(yaml.safe_load((ROOT / "galaxy.yml").read_text())["description"].split())
+    assert [name for name in ADDON_NAMES.values() if name not in description] == []

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +108,7 @@ def test_kubeadms_loopback_control_plane_is_not_scraped(rendered: Path) -> None:
 
 
 def test_the_namespace_admits_node_exporter(
-    rendered: Path, validate_object: conftest.ValidateObjects,
+    rendered: Path, validate_object: Callable[[dict[str, Any]], None],
 ) -> None:
     (namespace,) = objects(rendered, "monitoring")
     assert namespace["metadata"]["name"] == _release(rendered)["namespace"] == "monitoring"
@@ -141,7 +142,7 @@ def _prometheus_service(
 
 def test_the_rollouts_prometheus_url_names_the_service_the_chart_makes(
     rendered: Path, helm: Path, helm_env: dict[str, str], tmp_path: Path,
-    validate_object: conftest.ValidateObjects,
+    validate_object: Callable[[dict[str, Any]], None],
 ) -> None:
     service = _prometheus_service(helm, helm_env, _release(rendered), tmp_path)
     port = next(p["port"] for p in service["spec"]["ports"] if p["name"] == "http-web")
@@ -167,7 +168,14 @@ def test_the_workflow_template_reads_its_prometheus_url_from_those_settings(
     assert settings["metadata"]["namespace"] == template["metadata"]["namespace"]
     assert parameter["valueFrom"]["default"] == ""  # no settings yet: the gateway's own stats
     evaluate = next(t for t in template["spec"]["templates"] if t["name"] == "evaluate")
-    assert "--prometheus={{workflow.parameters.prometheus-url}}" in evaluate["container"]["args"]
+    args = evaluate["container"]["args"]
+    assert "--prometheus={{workflow.parameters.prometheus-url}}" in args
+    # each gate judges its own environment's gateways: the namespace its platform runs in
+    match = next(a for a in args if a.startswith("--prometheus-match="))
+    for env in ENVIRONMENTS:
+        namespace = _platform(env)["spec"]["destination"]["namespace"]
+        assert match.replace("{{inputs.parameters.environment}}", env) == (
+            f'--prometheus-match=namespace="{namespace}"')
 
 
 def test_without_the_stack_the_rollout_reads_the_gateways_and_nothing_is_installed(

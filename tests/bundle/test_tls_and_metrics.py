@@ -131,15 +131,19 @@ def test_acme_without_an_email_is_refused(tmp_path: Path) -> None:
 # --- the root Application -----------------------------------------------------------------------
 
 
-def test_the_root_and_platform_applications_retry_a_failed_sync() -> None:
+def test_the_root_platform_and_model_applications_retry_a_failed_sync() -> None:
     apps = [yaml.safe_load((ARGOCD / "root.yaml").read_text())]
     apps += [yaml.safe_load(p.read_text()) for p in sorted((ARGOCD / "platform").glob("uplion-*"))]
-    assert len(apps) == 4
+    models = [yaml.safe_load(p.read_text()) for p in sorted((ARGOCD / "models").glob("*/*.yaml"))]
+    assert len(models) >= 6
+    assert all(m["spec"]["syncPolicy"]["retry"] == apps[1]["spec"]["syncPolicy"]["retry"]
+               for m in models)
+    apps += models
     for app in apps:
         retry = app["spec"]["syncPolicy"]["retry"]
         assert retry["limit"] > 0, app["metadata"]["name"]
         assert retry["backoff"]["factor"] >= 2
-    assert not crd_models.validate(apps)[0]
+    assert crd_models.validate(apps) == [[] for _ in apps]
 
 
 # --- the operator's custom resources ------------------------------------------------------------

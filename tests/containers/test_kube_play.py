@@ -185,7 +185,7 @@ def platform(uplion_image: str, helm: Path, helm_env: dict[str, str],
         assert [job["metadata"]["name"] for job in jobs] == ["uplion-migrate"]
         for job in jobs:  # the hooks, before the workloads
             pod = scenario.play(kube_play.job_pod(job), config_maps)[0]
-            for container in kube_play.pod_spec(job["spec"]["template"])["containers"]:
+            for container in kube_play.pod_spec(job)["containers"]:
                 kube_play.wait_succeeded(f"{pod}-{container['name']}", START_TIMEOUT_S)
         deployments = [o for o in release if o["kind"] == "Deployment"]
         for deployment in deployments:

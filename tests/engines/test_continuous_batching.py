@@ -19,8 +19,10 @@ import torch
 
 from tests.engines import tiny_models
 from tests.engines.streams import batch_of, collect, text_of, wait_until_idle
-from uplion.models import EngineSpec
-from uplion.worker import engines
+from uplion import protocol
+from uplion.broker.memory import MemoryBroker
+from uplion.models import EngineSpec, ModelSpec
+from uplion.worker import Worker, engines
 from uplion.worker.engines import base, hf_capacity
 from uplion.worker.engines.transformers_engine import TransformersEngine
 
@@ -106,7 +108,7 @@ async def test_requests_join_and_leave_a_running_batch(llama: TransformersEngine
         rest = await collect(first)
 
     assert [text_of(head + rest), text_of(second), text_of(third)] == expected
-    assert rest[-1].usage == base.protocol.Usage(
+    assert rest[-1].usage == protocol.Usage(
         prompt_tokens=len(PROMPTS[1].split()), completion_tokens=60)
     assert 2 in sizes, "the later requests should have joined the running one"
     assert sizes[-1] == 1, "the first request should have finished alone"
@@ -136,7 +138,7 @@ async def test_each_row_keeps_its_own_token_limit_and_stop_strings(
     assert [d[-1].finish_reason for d in (whole, three, nine)] == ["length"] * 3
     assert [d[-1].usage.completion_tokens for d in (whole, three, nine) if d[-1].usage] == [
         24, 3, 9]
-    assert three[-1].usage == base.protocol.Usage(prompt_tokens=len(PROMPTS[1].split()),
+    assert three[-1].usage == protocol.Usage(prompt_tokens=len(PROMPTS[1].split()),
                                                   completion_tokens=3)
 
 
@@ -170,7 +172,7 @@ async def test_cancelling_one_row_leaves_the_others_undisturbed(
     rest = await collect(kept)
 
     assert text_of(head + rest) == expected
-    assert rest[-1].usage == base.protocol.Usage(
+    assert rest[-1].usage == protocol.Usage(
         prompt_tokens=len(PROMPTS[1].split()), completion_tokens=40)
     wait_until_idle(llama)  # the dropped row is gone too, long before its 4000 tokens
 
@@ -193,7 +195,7 @@ async def test_a_request_that_cannot_fit_is_refused_naming_the_options(llama_dir
     assert "3 tokens and max_tokens asks for 62 more, 65 tokens in all" in error.message
     assert "at most 64 tokens per request" in error.message
     assert "kv_cache_mb" in error.message
-    assert fits[-1].usage == base.protocol.Usage(prompt_tokens=3, completion_tokens=61)
+    assert fits[-1].usage == protocol.Usage(prompt_tokens=3, completion_tokens=61)
     assert engine.info.context_length == 64
 
 
@@ -201,7 +203,10 @@ async def test_a_request_that_cannot_fit_is_refused_naming_the_options(llama_dir
 async def test_the_batch_never_holds_more_than_its_budget(llama_dir: Path) -> None:
     engine = await loaded(llama_dir, kv_cache_mb=1, max_total_tokens=2000)
     budget_tokens = 2**20 // TINY_BYTES_PER_TOKEN
+    broker = MemoryBroker()
+    spec = ModelSpec(name="m", engine=EngineSpec(kind="transformers"), concurrency=16)
     try:
+        worker_slots = Worker(broker, spec, engine).capacity
         alone = [text_of(await solo(engine, p, GREEDY)) for p in PROMPTS]
         with batch_sizes(engine) as sizes:
             together = await asyncio.gather(
@@ -211,12 +216,15 @@ async def test_the_batch_never_holds_more_than_its_budget(llama_dir: Path) -> No
         await engine.close()
 
     assert engine.info.max_concurrency == budget_tokens // 2000 == 2
+    assert worker_slots == 2, "a worker takes no more than its engine's batch holds"
     assert max(sizes) == 2, "two rows at most; the others wait for room"
     assert [text_of(d) for d in together] == alone
 
 
 @session_loop
-async def test_the_engine_reports_the_generations_its_budget_holds(llama: TransformersEngine) -> None:
+async def test_the_engine_reports_the_generations_its_budget_holds(
+    llama: TransformersEngine,
+) -> None:
     capacity = batch_of(llama).capacity
 
     assert capacity.bytes_per_token == TINY_BYTES_PER_TOKEN

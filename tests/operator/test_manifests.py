@@ -26,7 +26,7 @@ def _kube_errors(obj: dict[str, Any]) -> str | None:
     return None
 
 
-SCALED_OBJECT_TYPOS = [
+SCALED_OBJECT_TYPOS: list[tuple[list[Any], str]] = [
     (["spec"], "minReplicas"),
     (["spec", "scaleTargetRef"], "nmae"),
     (["spec", "triggers", 0], "authRef"),

@@ -94,6 +94,10 @@ def evaluate(
         None, "--prometheus", envvar="UPLION_PROMETHEUS_URL", show_default=False,
         help="Judge on every gateway's figures from this Prometheus, not one gateway's stats "
         "(empty: the gateway's)."),
+    prometheus_match: str = typer.Option(
+        "", "--prometheus-match", show_default=False,
+        help='With --prometheus: only the series these label matchers select, e.g. '
+        'namespace="uplion-staging" (one Prometheus scrapes every environment).'),
     baseline: str | None = typer.Option(
         None, "--baseline", show_default=False,
         help="Another version (the stable one) whose p95 this one's may not pass by more than "
@@ -104,13 +108,17 @@ def evaluate(
     admin_token: str | None = AdminTokenOption,
 ) -> None:
     """Judge MODEL@VERSION on live figures: error rate, p95 latency, request count."""
+    try:
+        rollout.prometheus.matchers(prometheus_match)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--prometheus-match") from None
     gates = rollout.Gates(max_error_rate, max_p95_ms, min_requests, max_p95_ratio)
 
     async def step(gateway: rollout.Gateway) -> rollout.Verdict:
         if not prometheus:  # unset, or empty: a workflow without a monitoring stack
             return await rollout.evaluate(gateway, model, version, window, gates, drive,
                                           baseline=baseline)
-        async with rollout.Prometheus(prometheus) as source:
+        async with rollout.Prometheus(prometheus, match=prometheus_match) as source:
             return await rollout.evaluate(gateway, model, version, window, gates, drive,
                                           source, baseline)
 

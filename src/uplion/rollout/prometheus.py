@@ -6,11 +6,16 @@ window ago (0 for a series born since, e.g. a version's first request), and a se
 down (a gateway restarted) counts nothing rather than a negative. Errors are 5xx answers, timeouts
 (504) included, as the gateway's stats count them; latencies come from
 ``uplion_request_duration_seconds``' buckets, so a p95 is as fine as those buckets.
+
+One Prometheus scrapes every environment's gateways (the same model and version can run in
+staging and production at once): ``match`` adds label matchers to every selector, e.g.
+``namespace="uplion-staging"``, so that a gate judges one environment's traffic only.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from types import TracebackType
 from typing import Any
 
@@ -20,10 +25,23 @@ from uplion.rollout.gateway import Refused, Unreachable
 
 REQUESTS = "uplion_requests_total"
 BUCKETS = "uplion_request_duration_seconds_bucket"
+_MATCHER = r'\s*[A-Za-z_][A-Za-z0-9_]*\s*(?:=~|!~|!=|=)\s*"(?:[^"\\]|\\.)*"\s*'
+_MATCHERS = re.compile(f"(?:{_MATCHER})(?:,(?:{_MATCHER}))*")
 
 
-def _selector(metric: str, model: str, version: str, extra: str = "") -> str:
-    return f'{metric}{{model="{_quoted(model)}",version="{_quoted(version)}"{extra}}}'
+def matchers(match: str) -> str:
+    """``match`` (``label="value"``, comma-separated) as a selector's tail; a clear error when it
+    is not PromQL label matchers."""
+    if not match.strip():
+        return ""
+    if not _MATCHERS.fullmatch(match):
+        raise ValueError(f"--prometheus-match {match!r}: expected PromQL label matchers such as "
+                         'namespace="uplion-staging" (comma-separated, values in double quotes)')
+    return "," + ",".join(found.group(0).strip() for found in re.finditer(_MATCHER, match))
+
+
+def _selector(metric: str, model: str, version: str, extra: str = "", scope: str = "") -> str:
+    return f'{metric}{{model="{_quoted(model)}",version="{_quoted(version)}"{extra}{scope}}}'
 
 
 def _quoted(value: str) -> str:
@@ -35,11 +53,13 @@ def _grown(selector: str, window_s: int) -> str:
     return f"clamp_min({selector} - ({selector} offset {window_s}s or {selector} * 0), 0)"
 
 
-def queries(model: str, version: str, window_s: int) -> dict[str, str]:
-    """The PromQL of each figure of ``model@version`` over the last ``window_s`` seconds."""
-    requests = _selector(REQUESTS, model, version)
-    errors = _selector(REQUESTS, model, version, ',status=~"5.."')
-    buckets = _selector(BUCKETS, model, version)
+def queries(model: str, version: str, window_s: int, match: str = "") -> dict[str, str]:
+    """The PromQL of each figure of ``model@version`` over the last ``window_s`` seconds, of the
+    series ``match`` selects (see ``matchers``)."""
+    scope = matchers(match)
+    requests = _selector(REQUESTS, model, version, scope=scope)
+    errors = _selector(REQUESTS, model, version, ',status=~"5.."', scope)
+    buckets = _selector(BUCKETS, model, version, scope=scope)
     spread = f"sum by (le) ({_grown(buckets, window_s)})"
     return {
         "requests": f"sum({_grown(requests, window_s)})",
@@ -52,8 +72,10 @@ def queries(model: str, version: str, window_s: int) -> dict[str, str]:
 class Prometheus:
     """A Prometheus server's query API; use as ``async with Prometheus(url) as prometheus``."""
 
-    def __init__(self, url: str, timeout_s: float = 30.0) -> None:
+    def __init__(self, url: str, timeout_s: float = 30.0, match: str = "") -> None:
+        matchers(match)  # refused here, before any query
         self.url = url.rstrip("/")
+        self.match = match
         self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout_s)
 
     async def __aenter__(self) -> Prometheus:
@@ -89,7 +111,7 @@ class Prometheus:
         entries (``requests``, ``errors``, ``error_rate``, ``requests_per_s``, ``p50_ms``,
         ``p95_ms``)."""
         found = {name: await self.value(query)
-                 for name, query in queries(model, version, window_s).items()}
+                 for name, query in queries(model, version, window_s, self.match).items()}
         requests = round(found["requests"] or 0)
         errors = round(found["errors"] or 0)
         return {

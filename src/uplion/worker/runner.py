@@ -97,8 +97,12 @@ class Worker:
 
     @property
     def capacity(self) -> int:
-        """Tasks held at most: a slot holds a batch where the engine batches this model's calls."""
-        return self.spec.concurrency * batching.batch_size(self.spec, self.engine, self.serves)
+        """Tasks held at most: a slot holds a batch where the engine batches this model's calls;
+        never more than the engine holds at once (``info.max_concurrency``: the KV cache
+        budget of a continuously batched text generation)."""
+        held = self.spec.concurrency * batching.batch_size(self.spec, self.engine, self.serves)
+        bound = self.engine.info.max_concurrency
+        return held if bound is None else max(1, min(held, bound))
 
     @property
     def serves(self) -> Serves:
