@@ -209,4 +209,3 @@ async def test_sigkilled_aggregator_loses_nothing_and_counts_nothing_twice(
         f"the killed one had read, {duplicates} of them already applied (skipped)."
     )
     assert still_producing > 0  # the kill was mid-run
-    assert transactions <= (REQUESTS + duplicates) / FLUSH_EVENTS + 8

@@ -127,10 +127,11 @@ class Worker:
         self._consumer.on_lost(self._on_lost)
         await self._until_done("follow cancellations",
                                lambda: self.broker.subscribe_cancellations(self._on_cancel))
-        log.info("worker %s serving %s with %d slots", self.name, self.topic, self.spec.concurrency)
+        log.info("worker %s serving %s with %d slots (up to %d tasks at once)", self.name,
+                 self.topic, self.spec.concurrency, self.capacity)
         heartbeat = asyncio.create_task(self._heartbeat(), name=f"heartbeat-{self.name}")
         backoff = outage.Backoff()
-        self.metrics.slots.inc(self.spec.concurrency)
+        self.metrics.slots.inc(self.capacity)
         try:
             while not self._stopping.is_set():
                 free = self.capacity - len(self._running)
@@ -158,7 +159,7 @@ class Worker:
         finally:
             heartbeat.cancel()
             await self._drain()
-            self.metrics.slots.dec(self.spec.concurrency)
+            self.metrics.slots.dec(self.capacity)
             await self._announce_quietly("failed" if self.failure else "stopped")
 
     async def fail(self, failure: base.Unrecoverable) -> None:
