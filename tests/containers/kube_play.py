@@ -6,12 +6,16 @@ it as network aliases (``podman kube play --network NET:alias=NAME``), so ``upli
 reaches the gateway's pods. Redis and PostgreSQL run as containers aliased ``redis-master`` and
 ``postgresql``: the names of the upstream charts' Services that the chart's default URLs name.
 The host reaches the pods at their network addresses (rootful podman routes the bridge), so
-nothing is published and the manifests keep their ports as they are.
+nothing is published on the host.
 
 What podman 4.3 does not do as the kubelet does, and what is done for it (nothing else is
-changed; every command, argument, variable, mount, port, probe and securityContext is played as
+changed: every command, argument, variable, mount, probe and securityContext is played as
 rendered):
 
+- ``ports``: podman 4.3 publishes every ``containerPort`` on the host's port of the same number
+  (so two replicas collide, and the host's ports are taken). They are left out of the played
+  pods: a ``containerPort`` only names a port the container listens on anyway, and the probes'
+  named ports are resolved from the rendered manifest (``probes``).
 - ``Job``: not a kind ``kube play`` knows. A Job's pod template is played as a ``Pod`` of the
   Job's name (``job_pod``), and waited on (``wait_succeeded``).
 - ``Secret``: ``kube play`` stores a ``kind: Secret`` but then fails to read it back (it expects
@@ -136,6 +140,7 @@ def _playable(workload: Mapping[str, Any]) -> dict[str, Any]:
     for volume in spec.get("volumes") or []:
         volume["name"] = renamed.get(volume["name"], volume["name"])
     for container in [*spec.get("initContainers", []), *spec["containers"]]:
+        container.pop("ports", None)
         for mount in container.get("volumeMounts") or []:
             mount["name"] = renamed.get(mount["name"], mount["name"])
         for variable in container.get("env") or []:
@@ -179,7 +184,7 @@ class Scenario:
     secrets: list[str] = field(default_factory=list)
     volumes: set[str] = field(default_factory=set)
     played: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """Workload name -> the manifest played (with the changes ``_playable`` makes)."""
+    """Workload name -> the manifest played, as rendered (``_playable`` makes podman's copy)."""
 
     def start(self) -> None:
         podman("network", "rm", "--force", NETWORK, check=False)
@@ -204,7 +209,7 @@ class Scenario:
         """Play a Deployment or Pod with the ConfigMaps it reads; its pods' names."""
         played = _playable(workload)
         name = played["metadata"]["name"]
-        self.played[name] = played
+        self.played[name] = copy.deepcopy(dict(workload))
         spec = pod_spec(played)
         names = {v["configMap"]["name"] for v in spec.get("volumes") or [] if "configMap" in v}
         names |= {source["configMapRef"]["name"]

@@ -28,7 +28,7 @@ from tests.engines.tiny_models import smollm2_gguf
 from uplion import protocol
 from uplion.models import EngineSpec
 from uplion.worker import engines
-from uplion.worker.engines import base, gguf_cache
+from uplion.worker.engines import base, detect, gguf_cache
 from uplion.worker.engines.hf_text import IncrementalDecoder, StopMatcher
 from uplion.worker.engines.onnx_embedding import OnnxEmbeddingEngine
 from uplion.worker.engines.sentence_embedding import SentenceTransformerEngine, minilm_dir
@@ -442,3 +442,20 @@ async def test_minilm_on_the_transformers_engine_matches_sentence_transformers(
     assert result.prompt_tokens == reference.prompt_tokens
     assert (engine.info.serves, engine.info.embedding_dimensions) == ("embedding", 384)
     assert engine.info.context_length == 256  # max_seq_length in sentence_bert_config.json
+
+
+@session_loop
+async def test_a_gguf_file_behind_a_link_without_its_suffix_loads(
+    smollm2_cache: Path, tmp_path: Path
+) -> None:
+    """``uplion fetch-model --link`` names the link after the model (``name@version``), so the
+    engine and the detection look at the file the link names."""
+    link = tmp_path / "smollm2-135m-instruct@1"
+    link.symlink_to(smollm2_gguf())
+    assert detect.file_kind(link) == "transformers"
+    engine = engines.create(EngineSpec(kind="transformers", device="cpu"), link)
+    try:
+        await engine.load()
+        assert engine.info.serves == "text-generation"
+    finally:
+        await engine.close()

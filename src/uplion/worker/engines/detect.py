@@ -82,8 +82,9 @@ def _single(path: Path, kind: str | None) -> tuple[Path, str]:
 
 
 def file_kind(file: Path) -> str | None:
-    """The engine kind of a single file, ``None`` when it is no model file uplion knows."""
-    suffix = file.suffix.lower()
+    """The engine kind of a single file (a link: of the file it names), ``None`` when it is no
+    model file uplion knows."""
+    suffix = file.resolve().suffix.lower()
     if suffix in _BY_SUFFIX:
         return _BY_SUFFIX[suffix]
     if suffix == ".json":

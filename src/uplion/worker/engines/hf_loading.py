@@ -139,6 +139,7 @@ def _folder(
     path: Path,
 ) -> tuple[Path, Literal["transformers", "sentence-transformers", "gguf"],
            hf_pooling.SentenceFolder | None]:
+    path = path.resolve()  # a link `uplion fetch-model --link` made has no file name suffix
     if path.is_file():
         if path.suffix == ".gguf":
             return gguf_cache.converted(path), "gguf", None
