@@ -61,7 +61,13 @@ class Settings(BaseSettings):
         default=None, description="The cluster namespace of AIModels (default: the pod's)."
     )
     image: str = Field(
-        default="ghcr.io/uplion/uplion:0.1.0", description="Image of the workers of deployments."
+        default="ghcr.io/uplion/uplion:0.1.0", description="The CPU image of workers: of the "
+        "deployment API's CPU deployments, and of AIModels naming no image and no GPUs.",
+    )
+    gpu_worker_image: str | None = Field(
+        default=None, description="The CUDA image of workers (the image's `<version>-cuda` "
+        "tag): of `type: gpu` deployments, and of AIModels naming no image that ask for GPUs. "
+        "Unset: those are refused; the CPU image never runs a GPU model.",
     )
     workers_broker_secret: str | None = Field(
         default=None, description="With deployments=kubernetes: `<secret>/<key>`, the Secret key "

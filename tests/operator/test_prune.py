@@ -41,7 +41,7 @@ def with_canary(name: str, uid: str) -> dict[str, Any]:
     ("change", "stable_version"),
     [
         ({"canary": None}, "1"),  # rollback: the canary is dropped
-        ({"version": "2", "image": "ghcr.io/uplion/uplion-gpu:0.2.0", "canary": None}, "2"),
+        ({"version": "2", "image": "ghcr.io/uplion/uplion:0.2.0-cuda", "canary": None}, "2"),
     ],
     ids=["rollback", "promote"],
 )

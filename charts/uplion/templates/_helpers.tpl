@@ -54,6 +54,13 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
 
+{{/* The image's CUDA variant (UPLION_GPU_WORKER_IMAGE): GPU models' workers run it. Its tags are
+the CPU variant's with `-cuda` appended (.github/workflows/image.yml). */}}
+{{- define "uplion.gpuImage" -}}
+{{- $tag := default (printf "%s-cuda" (default .Chart.AppVersion .Values.image.tag)) .Values.gpuImage.tag }}
+{{- printf "%s:%s" (default .Values.image.repository .Values.gpuImage.repository) $tag }}
+{{- end }}
+
 {{- define "uplion.configName" -}}
 {{- include "uplion.componentName" (dict "root" . "component" "config") }}
 {{- end }}

@@ -25,6 +25,7 @@ from uplion.operator import events as operator_events
 from uplion.operator import kube
 from uplion.operator import run as operator_run
 from uplion.operator.deployments import KubernetesDeployments
+from uplion.operator.images import WorkerImages
 from uplion.worker import loading
 from uplion.worker import probes as probes_
 from uplion.worker.engines.base import Engine, Unrecoverable
@@ -209,7 +210,8 @@ async def _cluster_gateway(
     """A gateway whose /v1/modelDeployment manages AIModels and that routes what they serve."""
     client = await kube.Kube.connect()
     namespace = settings.namespace or os.environ.get("POD_NAMESPACE") or "default"
-    deployments = KubernetesDeployments(client, namespace, settings.image, workers)
+    deployments = KubernetesDeployments(client, namespace, settings.image, workers,
+                                        gpu_image=settings.gpu_worker_image or None)
     routes = cluster.AIModelRoutes(client, namespace, catalog)
 
     @contextlib.asynccontextmanager
@@ -264,7 +266,8 @@ def operator_command(
 ) -> None:
     """Run the Kubernetes operator: AIModel objects → worker Deployments and KEDA scalers."""
     settings = _settings(None, None)
-    operator_run.run_operator(namespace or None, settings.metrics_port)
+    operator_run.run_operator(namespace or None, settings.metrics_port,
+                              WorkerImages.from_settings(settings))
 
 
 @app.command("worker")

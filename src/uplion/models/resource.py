@@ -240,7 +240,11 @@ class AIModelSpec(BaseModel):
         default=120.0, gt=0, description="Deadline of a request, from its arrival at the gateway."
     )
     owned_by: str = "uplion"
-    image: str = Field(min_length=1, description="Worker image.")
+    image: str | None = Field(
+        default=None, min_length=1, description="Worker image; left out: the operator's, the "
+        "CUDA variant (UPLION_GPU_WORKER_IMAGE) when resources.gpus asks for GPUs, else the CPU "
+        "one (UPLION_IMAGE).",
+    )
     resources: Resources = Field(default_factory=Resources)
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[Toleration] = Field(default_factory=list)

@@ -10,7 +10,9 @@
 Conditions follow Kubernetes' convention: ``Ready`` (True while workers serve) and ``Applied``,
 whose ``lastTransitionTime`` is when the operator applied ``observedGeneration``: the instant
 that separates a generation's failures from the ones before it. A condition keeps its
-``lastTransitionTime`` while its status does not change.
+``lastTransitionTime`` while its status does not change. A GPU model whose image looks like the
+CPU variant also gets ``CudaImage`` False (``uplion.operator.images.cuda_warning``): a warning,
+its phase unchanged.
 """
 
 from __future__ import annotations
@@ -113,12 +115,14 @@ def phase_from(
     observed_generation: int | None,
     previous: Sequence[Mapping[str, Any]] = (),
     now: datetime | None = None,
+    image_warning: str | None = None,
 ) -> Decision:
     """The phase, reason, message and conditions of an AIModel.
 
     ``deployment``: its stable Deployment (None when absent); ``events``: its workers' Events;
     ``generation``: the AIModel's; ``observed_generation``: the one the operator has applied;
-    ``previous``: the conditions in its status now."""
+    ``previous``: the conditions in its status now; ``image_warning``: what is wrong with its
+    image, if anything (the ``CudaImage`` condition)."""
     now = now or datetime.now(UTC)
     since = applied_at(previous, observed_generation) or now
     current = generation == observed_generation
@@ -144,18 +148,25 @@ def phase_from(
     ready = "True" if phase in ("Running", "Degraded") else "False"
     conditions = [_condition(previous, "Ready", ready, reason, message, now, observed_generation),
                   applied]
+    if image_warning is not None:
+        conditions.append(_condition(previous, "CudaImage", "False", "ImageWithoutCuda",
+                                     image_warning, now, observed_generation))
     return Decision(phase, reason, message, conditions)
 
 
-def failed_spec(error: Exception, generation: int | None, now: datetime | None = None) -> Decision:
-    """The decision for a spec the operator cannot build objects from."""
+def failed_spec(
+    error: Exception, generation: int | None, now: datetime | None = None,
+    reason: str = "InvalidSpec",
+) -> Decision:
+    """The decision for a spec the operator cannot build objects from (``reason``: why, e.g.
+    ``NoGpuImage``)."""
     message = str(error)
     condition = {
-        "type": "Ready", "status": "False", "reason": "InvalidSpec", "message": message,
+        "type": "Ready", "status": "False", "reason": reason, "message": message,
         "lastTransitionTime": timestamp(now or datetime.now(UTC)),
         "observedGeneration": generation,
     }
-    return Decision("Failed", "InvalidSpec", message, [condition])
+    return Decision("Failed", reason, message, [condition])
 
 
 def status_of(decision: Decision, deployment: Mapping[str, Any] | None,

@@ -4,9 +4,10 @@ The object is named from the model's name and version (a DNS label) and that nam
 deployment's id. Its spec comes from the request: ``type: gpu`` puts ``gpus`` in
 ``resources.gpus``, ``request_res``/``limit_res`` become ``resources.requests``/``limits``,
 ``replicas`` becomes ``replicas.min``; the image and the broker are the backend's (the cluster's
-settings: ``workers_broker`` makes the broker a Secret reference, never the gateway's URL with its
-credentials). ``created_at`` is the object's ``creationTimestamp``; ``updated_at`` the annotation
-``uplion.ai/updated-at`` written on every change. The operator does the rest.
+settings: the CUDA image for ``type: gpu``, the CPU one else, a GPU request refused when no CUDA
+image is configured; ``workers_broker`` makes the broker a Secret reference, never the gateway's
+URL with its credentials). ``created_at`` is the object's ``creationTimestamp``; ``updated_at``
+the annotation ``uplion.ai/updated-at`` written on every change. The operator does the rest.
 
 A model's traffic split lives in one of its AIModels (``traffic_holder``): ``spec.version`` is the
 stable version, ``spec.canary`` the canary and its weight. Promoting the canary moves its image
@@ -35,6 +36,7 @@ from uplion.models.deployment import (
 )
 from uplion.models.spec import EngineSpec, FetchSpec, ModelSpec, ReplicaSpec
 from uplion.operator import decide, kube
+from uplion.operator import images as images_
 
 UPDATED_AT = "uplion.ai/updated-at"
 _MAX_NAME = 63
@@ -149,12 +151,12 @@ def traffic_holder(aimodels: list[dict[str, Any]], name: str) -> dict[str, Any] 
 
 def traffic_patch(spec: dict[str, Any], split: TrafficSplit) -> dict[str, Any]:
     """The ``spec`` merge patch that makes an AIModel hold ``split``; each version keeps its
-    image (the canary's ``image``, else ``spec.image``)."""
-    images = {spec.get("version", "1"): spec["image"]}
+    image (the canary's ``image``, else ``spec.image``; none: the operator's)."""
+    images = {spec.get("version", "1"): spec.get("image")}
     canary = spec.get("canary")
     if canary:
-        images[canary["version"]] = canary.get("image") or spec["image"]
-    image = images.get(split.stable, spec["image"])
+        images[canary["version"]] = canary.get("image") or spec.get("image")
+    image = images.get(split.stable, spec.get("image"))
     changes: dict[str, Any] = {"version": split.stable, "image": image, "canary": None}
     if split.canary is not None:
         canary_image = images.get(split.canary, image)
@@ -167,15 +169,27 @@ class KubernetesDeployments(DeploymentBackend):
     """Deployments as AIModel objects in one namespace."""
 
     def __init__(
-        self, client: kube.Kube, namespace: str, image: str, broker: resource.Broker
+        self, client: kube.Kube, namespace: str, image: str, broker: resource.Broker,
+        gpu_image: str | None = None,
     ) -> None:
+        """``image``: the workers' CPU image; ``gpu_image``: their CUDA image (``None``: a
+        ``type: gpu`` request is refused)."""
         self.client = client
         self.namespace = namespace
         self.image = image
+        self.gpu_image = gpu_image
         self.broker = broker
 
     async def create(self, request: DeploymentRequest) -> Deployment:
-        spec = aimodel_spec(request, self.image, self.broker)
+        image = self.image
+        if request.type == "gpu" and request.gpus:
+            if self.gpu_image is None:
+                raise DeploymentConflict(
+                    f"A deployment of type gpu needs the workers' CUDA image, and this gateway "
+                    f"has none ({images_.GPU_SETTING}; charts/uplion's "
+                    f"{images_.GPU_CHART_VALUE}): the CPU image never runs a GPU model.")
+            image = self.gpu_image
+        spec = aimodel_spec(request, image, self.broker)
         aimodel = {
             "apiVersion": kube.AIMODEL_API_VERSION,
             "kind": resource.KIND,

@@ -4,7 +4,9 @@
   but no longer wants (a promoted or rolled-back canary's Deployment and ScaledObject) deleted
   (``prune``), and its status set, through kopf's ``patch`` (the framework writes it). An
   invalid spec: status Failed with reason ``InvalidSpec`` and ``kopf.PermanentError`` (no retry
-  until the object changes). API errors: ``kopf.TemporaryError`` (retried).
+  until the object changes, or the operator restarts); a spec no configured image may run (a
+  GPU model and no CUDA image, ``images``): the same, with the refusal's reason (``NoGpuImage``).
+  API errors: ``kopf.TemporaryError`` (retried).
 - A worker's ``UplionUnrecoverable`` Event, or a change of a uplion Deployment (its
   availability): the owning AIModel's status is recomputed and patched when it differs.
 - Every AIModel event: its phase goes to the operator's metrics (``memo["metrics"]``, if any).
@@ -23,7 +25,7 @@ from typing import Any
 import kopf
 
 from uplion.models import resource
-from uplion.operator import decide, kube, manifests, prune
+from uplion.operator import decide, images, kube, manifests, prune
 from uplion.operator.metrics import OperatorMetrics
 
 log = logging.getLogger(__name__)
@@ -55,9 +57,21 @@ async def _status(
         and decide.owns_pod(aimodel, event["involvedObject"].get("name", ""))
     ]
     previous = (aimodel.get("status") or {}).get("conditions") or []
+    warning = _image_warning(aimodel)
     decision = decide.phase_from(
-        deployment, events, aimodel["metadata"].get("generation"), observed_generation, previous)
+        deployment, events, aimodel["metadata"].get("generation"), observed_generation, previous,
+        image_warning=warning)
     return decide.status_of(decision, deployment, observed_generation)
+
+
+def _image_warning(aimodel: Mapping[str, Any]) -> str | None:
+    """The ``CudaImage`` warning of an AIModel's spec (none for an invalid spec, whose status
+    says so already)."""
+    try:
+        spec = resource.AIModelSpec.model_validate(aimodel.get("spec") or {})
+    except ValueError:
+        return None
+    return images.cuda_warning(spec)
 
 
 async def reconcile(*, body: kopf.Body, patch: kopf.Patch, memo: Any, **_: Any) -> None:
@@ -65,12 +79,16 @@ async def reconcile(*, body: kopf.Body, patch: kopf.Patch, memo: Any, **_: Any) 
     namespace = body["metadata"]["namespace"]
     generation = body["metadata"].get("generation")
     try:
-        # The workers inherit the operator's tracing settings (memo["environ"] stands in for tests).
-        objects = manifests.all_objects(body, namespace, memo.get("environ", os.environ))
+        # The workers inherit the operator's tracing settings (memo["environ"] stands in for
+        # tests) and run its images (memo["images"], set by run_operator) unless they name one.
+        objects = manifests.all_objects(body, namespace, memo.get("environ", os.environ),
+                                        memo.get("images"))
     except ValueError as error:  # pydantic's ValidationError included
-        decision = decide.failed_spec(error, generation)
+        reason = error.reason if isinstance(error, images.ImageRefused) else "InvalidSpec"
+        decision = decide.failed_spec(error, generation, reason=reason)
         patch.status.update(decide.status_of(decision, None, generation))
-        raise kopf.PermanentError(f"invalid spec: {error}") from error
+        what = "invalid spec" if reason == "InvalidSpec" else f"refused ({reason})"
+        raise kopf.PermanentError(f"{what}: {error}") from error
     client = _client(memo)
     try:
         for obj in objects:

@@ -24,6 +24,10 @@ trigger counts the subscription's backlog. KEDA resolves names from its own name
 Service name in a scaler's address or admin URL is qualified with the AIModel's namespace
 (``redis-master:6379`` → ``redis-master.<namespace>.svc:6379``).
 
+Workers run the image the spec names, else the operator's: the CUDA variant for a model with
+``resources.gpus`` (with its ``nvidia.com/gpu`` limit), the CPU one otherwise; a GPU model is
+refused rather than given the CPU image (``uplion.operator.images``).
+
 Workers trace as the operator does: the operator's own OpenTelemetry settings (``OTEL_*``, from
 the chart's ``tracing`` values) go to the worker container, but for its service name (a worker's
 is ``uplion-worker``) and the collector's headers and client keys (secrets, never a plain value).
@@ -41,6 +45,7 @@ import yaml
 from uplion import protocol
 from uplion.broker import pulsar_names
 from uplion.models import resource
+from uplion.operator import images as images_
 
 Track = Literal["stable", "canary"]
 
@@ -268,14 +273,15 @@ def _source_claim(source: str | None) -> str | None:
 
 def worker_deployment(
     aimodel: Mapping[str, Any], namespace: str, track: Track = "stable",
-    environ: Mapping[str, str] | None = None,
+    environ: Mapping[str, str] | None = None, images: images_.WorkerImages | None = None,
 ) -> dict[str, Any]:
     """The Deployment of a track's workers; ``replicas`` starts at ``replicas.min``, then KEDA
     owns it (an update should leave the live count alone). ``environ``: the operator's own
-    environment, whose OpenTelemetry settings the workers inherit (``tracing_env``)."""
+    environment, whose OpenTelemetry settings the workers inherit (``tracing_env``);
+    ``images``: the operator's worker images, for a spec that names none (``images_``)."""
     spec = _spec(aimodel)
     version = _version(spec, track)
-    image = spec.canary.image if track == "canary" and spec.canary and spec.canary.image else None
+    image = images_.worker_image(spec, track, images or images_.WorkerImages())
     labels = _labels(aimodel, track)
     checksum = hashlib.sha256(models_file(aimodel).encode()).hexdigest()
     env = _env(spec)
@@ -301,7 +307,7 @@ def worker_deployment(
         link = model_link(spec.name, version)
         init_containers.append({
             "name": "fetch-model",
-            "image": image or spec.image,
+            "image": image,
             "command": ["uplion"],
             "args": [
                 "fetch-model", "--models-file", f"{MODELS_DIR}/models.yaml",
@@ -316,7 +322,7 @@ def worker_deployment(
     env = [*env, *tracing_env(environ or {}, namespace)]
     container = {
         "name": "worker",
-        "image": image or spec.image,
+        "image": image,
         "command": ["uplion"],
         "args": [
             "worker", "--model", f"{spec.name}@{version}",
@@ -478,13 +484,14 @@ def scaled_object(
 
 
 def all_objects(
-    aimodel: Mapping[str, Any], namespace: str, environ: Mapping[str, str] | None = None
+    aimodel: Mapping[str, Any], namespace: str, environ: Mapping[str, str] | None = None,
+    images: images_.WorkerImages | None = None,
 ) -> list[dict[str, Any]]:
-    """Every object an AIModel owns, in the order to apply them (``environ``: the operator's
-    environment, see ``worker_deployment``)."""
+    """Every object an AIModel owns, in the order to apply them (``environ`` and ``images``:
+    the operator's environment and worker images, see ``worker_deployment``)."""
     tracks: tuple[Track, ...] = ("stable", "canary") if _spec(aimodel).canary else ("stable",)
     objects = [worker_config_map(aimodel, namespace)]
     for track in tracks:
-        objects += [worker_deployment(aimodel, namespace, track, environ),
+        objects += [worker_deployment(aimodel, namespace, track, environ, images),
                     scaled_object(aimodel, namespace, track)]
     return objects

@@ -8,6 +8,7 @@ import kopf
 import prometheus_client
 
 from uplion.operator import handlers
+from uplion.operator.images import WorkerImages
 from uplion.operator.metrics import OperatorMetrics
 
 
@@ -30,10 +31,14 @@ async def operate(
     )
 
 
-def run_operator(namespace: str | None, metrics_port: int | None = None) -> None:
+def run_operator(
+    namespace: str | None, metrics_port: int | None = None,
+    images: WorkerImages | None = None,
+) -> None:
     """Run the operator until it is stopped (SIGINT/SIGTERM); with ``metrics_port``, serve its
-    Prometheus metrics there."""
-    memo = kopf.Memo()
+    Prometheus metrics there. ``images``: what AIModels naming no image run (the CUDA one for
+    GPU models)."""
+    memo = kopf.Memo(images=images or WorkerImages())
     if metrics_port is not None:
         metrics = memo["metrics"] = OperatorMetrics()
         prometheus_client.start_http_server(metrics_port, registry=metrics.registry)
