@@ -8,7 +8,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := $(VENV)/.installed
 # Debian packages the test suite runs for real (and npm, for the bundle tests' @kubernetes-models packages).
 TEST_PACKAGES := redis-server postgresql chromium debootstrap \
-	buildah podman runc fuse-overlayfs slirp4netns uidmap prometheus
+	buildah podman runc fuse-overlayfs slirp4netns uidmap netavark aardvark-dns prometheus
 BENCH_PACKAGES := wrk
 
 .PHONY: run test lint typecheck pytest venv system-packages image bench clean
