@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 import httpx
+
+from uplion.rollout.http import HttpServer
 
 VERSION_HEADER = "x-uplion-model-version"
 EMBEDDING = "embedding"
@@ -55,26 +56,16 @@ def _message(response: httpx.Response) -> str:
         return response.text[:200] or response.reason_phrase
 
 
-class Gateway:
+class Gateway(HttpServer):
     """A connection to one gateway; use as ``async with Gateway(...) as gateway``."""
 
     def __init__(
         self, url: str, *, api_token: str | None = None, admin_token: str | None = None,
         timeout_s: float = 120.0,
     ) -> None:
-        self.url = url.rstrip("/")
+        super().__init__(url, timeout_s)
         self.api_token = api_token or admin_token
         self.admin_token = admin_token
-        self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout_s)
-
-    async def __aenter__(self) -> Gateway:
-        return self
-
-    async def __aexit__(
-        self, kind: type[BaseException] | None, error: BaseException | None,
-        trace: TracebackType | None,
-    ) -> None:
-        await self._http.aclose()
 
     async def _send(
         self, method: str, path: str, *, admin: bool = False, inference: bool = False,

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import math
 import re
-from types import TracebackType
 from typing import Any
 
 import httpx
 
 from uplion.rollout.gateway import Refused, Unreachable
+from uplion.rollout.http import HttpServer
 
 REQUESTS = "uplion_requests_total"
 BUCKETS = "uplion_request_duration_seconds_bucket"
@@ -69,23 +69,13 @@ def queries(model: str, version: str, window_s: int, match: str = "") -> dict[st
     }
 
 
-class Prometheus:
+class Prometheus(HttpServer):
     """A Prometheus server's query API; use as ``async with Prometheus(url) as prometheus``."""
 
     def __init__(self, url: str, timeout_s: float = 30.0, match: str = "") -> None:
         matchers(match)  # refused here, before any query
-        self.url = url.rstrip("/")
+        super().__init__(url, timeout_s)
         self.match = match
-        self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout_s)
-
-    async def __aenter__(self) -> Prometheus:
-        return self
-
-    async def __aexit__(
-        self, kind: type[BaseException] | None, error: BaseException | None,
-        trace: TracebackType | None,
-    ) -> None:
-        await self._http.aclose()
 
     async def value(self, query: str) -> float | None:
         """The single value ``query`` answers now; ``None`` when it answers nothing or NaN."""
