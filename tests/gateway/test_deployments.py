@@ -61,6 +61,11 @@ def test_deployment_lifecycle(tmp_path: Path) -> None:
         typo = admin.post("/v1/modelDeployment", json={"model": ECHO, "replica": 2})
         assert typo.status_code == 400
         assert typo.json()["error"]["param"] == "replica"
+        for kind, gpus in (("gpu", 0), ("cpu", 1)):  # a GPU model without GPUs, or the reverse
+            mismatched = admin.post("/v1/modelDeployment", json={
+                "type": kind, "gpus": gpus, "model": {**ECHO, "name": "x"}})
+            assert mismatched.status_code == 400
+            assert mismatched.json()["error"]["param"] == "gpus"
 
     admin_headers = served.headers  # the second start finds the store, and prints no token
     with helpers.platform(tmp_path, env=data) as served, \

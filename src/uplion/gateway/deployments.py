@@ -114,6 +114,11 @@ async def create(request: Request) -> Response:
         check_key_sources(body.model)
     except KeySourceRefused as refused:
         raise errors.invalid_request(str(refused), refused.param) from None
+    if (body.type == "gpu") != (body.gpus > 0):
+        raise errors.invalid_request(
+            "A deployment of type gpu needs `gpus` of at least 1 (GPUs per replica)."
+            if body.type == "gpu" else "`gpus` is for deployments of type gpu; set `type`.",
+            param="gpus")
     deployment = await _backend(request).create(body)
     return json_response(_view(request, deployment), status=201)
 
