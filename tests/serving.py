@@ -29,6 +29,11 @@ SPEC = ModelSpec(name="echo", engine=EngineSpec(kind="test-echo"), request_timeo
 class Served:
     url: str
     token: str
+    backends: wiring.Backends
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
 
     def client(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(base_url=self.url, timeout=10,
@@ -37,10 +42,10 @@ class Served:
 
 @contextlib.asynccontextmanager
 async def serving(
-    broker_url: str, tmp_path: Path, engine: Engine | None = None
+    broker_url: str, tmp_path: Path, engine: Engine | None = None, spec: ModelSpec = SPEC,
 ) -> AsyncIterator[Served]:
-    """Serve ``SPEC`` through ``broker_url`` with ``engine`` (default: test-echo); the admin's
-    token comes with it."""
+    """Serve ``spec`` through ``broker_url`` with ``engine`` (default: test-echo); the admin's
+    token and the backends (the usage stream, the database) come with it."""
     redis = broker_url.startswith("redis")
     backends = wiring.backends(config.Settings(
         broker_url=broker_url, redis_url=broker_url if redis else None,
@@ -54,7 +59,7 @@ async def serving(
             await worker_broker.start()
             stack.push_async_callback(worker_broker.close)
         app = gateway.create_app(
-            backends.broker, gateway.Catalog([SPEC]), principals=backends.principals,
+            backends.broker, gateway.Catalog([spec]), principals=backends.principals,
             admission=backends.admission, usage=backends.usage, accounts=backends.accounts,
             database=backends.database,
         )
@@ -62,13 +67,13 @@ async def serving(
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None,
                                                lifespan="on", ws="none"))
         serving_task = asyncio.create_task(server.serve())
-        worker = Worker(worker_broker, SPEC, engine or EchoEngine())
+        worker = Worker(worker_broker, spec, engine or EchoEngine())
         running = asyncio.create_task(worker.run())
         async with asyncio.timeout(10):
             while not server.started:  # noqa: ASYNC110  # uvicorn offers a flag, no event
                 await asyncio.sleep(0.01)
         try:
-            yield Served(f"http://127.0.0.1:{port}", token)
+            yield Served(f"http://127.0.0.1:{port}", token, backends)
         finally:
             worker.stop()
             await running

@@ -13,14 +13,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
-from tests.ports import free_port
+from tests.serving import serving
 from tests.worker.counting import CountingEcho
-from uplion import config, gateway, wiring
+from uplion import wiring
 from uplion.billing import UsageEvent
 from uplion.models import EngineSpec, ModelSpec
-from uplion.worker import Worker
 
 WORDS = " ".join(f"w{i}" for i in range(40))
 PROMPT_ESTIMATE = 42  # the gateway's: a token per four characters of the 149, and 4 per message
@@ -43,35 +41,10 @@ class Served:
 
 @pytest.fixture
 async def served(tmp_path: Path) -> AsyncIterator[Served]:
-    backends = wiring.backends(config.Settings(
-        broker_url="memory://", database_url=f"sqlite+aiosqlite:///{tmp_path / 'uplion.db'}"))
     spec = ModelSpec(name="echo-slow", engine=EngineSpec(kind="test-echo"), request_timeout_s=20)
     engine = CountingEcho(token_delay_s=0.05, after=3)
-    async with backends.running(migrate_first=True):
-        token = await backends.accounts.bootstrap_admin()
-        assert token is not None
-        app = gateway.create_app(
-            backends.broker, gateway.Catalog([spec]), principals=backends.principals,
-            admission=backends.admission, usage=backends.usage, accounts=backends.accounts,
-            database=backends.database,
-        )
-        port = free_port()
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None,
-                                               lifespan="on", ws="none"))
-        serving = asyncio.create_task(server.serve())
-        worker = Worker(backends.broker, spec, engine)
-        running = asyncio.create_task(worker.run())
-        async with asyncio.timeout(10):
-            while not server.started:  # noqa: ASYNC110  # uvicorn offers a flag, no event
-                await asyncio.sleep(0.01)
-        try:
-            yield Served(f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {token}"},
-                         engine, backends)
-        finally:
-            worker.stop()
-            await running
-            server.should_exit = True
-            await serving
+    async with serving("memory://", tmp_path, engine, spec) as running:
+        yield Served(running.url, running.headers, engine, running.backends)
 
 
 async def test_abandoned_requests_are_billed_the_prompt_and_the_tokens_produced(
