@@ -13,6 +13,7 @@ import dataclasses
 import importlib.util
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
@@ -459,3 +460,9 @@ async def test_a_gguf_file_behind_a_link_without_its_suffix_loads(
         assert engine.info.serves == "text-generation"
     finally:
         await engine.close()
+
+
+def test_the_converted_folder_is_readable_by_other_users(smollm2_cache: Path) -> None:
+    """The image converts as root at build time; its workers run as another user."""
+    gguf_cache.converted(smollm2_gguf())
+    assert stat.S_IMODE(smollm2_cache.stat().st_mode) & 0o005 == 0o005

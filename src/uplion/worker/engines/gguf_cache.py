@@ -64,6 +64,9 @@ def converted(gguf: Path, root: Path | None = None) -> Path:
             ) from error
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
+        # mkdtemp made it for its owner alone: the image converts as root at build time, and
+        # its workers (another user) read it; so may the other users of a shared cache.
+        staging.chmod(0o755)
         try:
             staging.rename(target)
         except OSError:
