@@ -466,3 +466,6 @@ def test_the_converted_folder_is_readable_by_other_users(smollm2_cache: Path) ->
     """The image converts as root at build time; its workers run as another user."""
     gguf_cache.converted(smollm2_gguf())
     assert stat.S_IMODE(smollm2_cache.stat().st_mode) & 0o005 == 0o005
+    files = list(smollm2_cache.iterdir())
+    assert "model.safetensors" in [file.name for file in files]
+    assert [file.name for file in files if stat.S_IMODE(file.stat().st_mode) & 0o004 == 0] == []

@@ -64,9 +64,12 @@ def converted(gguf: Path, root: Path | None = None) -> Path:
             ) from error
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        # mkdtemp made it for its owner alone: the image converts as root at build time, and
-        # its workers (another user) read it; so may the other users of a shared cache.
+        # mkdtemp (and safetensors, for the weights) wrote them for their owner alone: the
+        # image converts as root at build time and its workers (another user) read them; so
+        # may the other users of a shared cache.
         staging.chmod(0o755)
+        for written in staging.rglob("*"):
+            written.chmod(0o755 if written.is_dir() else 0o644)
         try:
             staging.rename(target)
         except OSError:
