@@ -163,14 +163,23 @@ async def test_without_a_delay_a_batch_runs_what_has_arrived(broker: MemoryBroke
     assert finals["only"].kind == "final"
 
 
-async def test_a_bad_input_fails_its_own_request_not_the_batch(
-    broker: MemoryBroker, tmp_path: Path
-) -> None:
+async def logistic_engine(
+    tmp_path: Path,
+) -> tuple[np.ndarray[Any, Any], LogisticRegression, RecordingClassic]:
+    """The test dataset's features, a model fitted on them, and that model loaded in a
+    recording scikit-learn engine."""
     features, labels, _ = tm.dataset()
     model = LogisticRegression(max_iter=200).fit(features, labels)
     engine = RecordingClassic(base.Artifact(tm.save_joblib(model, tmp_path / "m.joblib"),
                                             trust_pickle=True))
     await engine.load()
+    return features, model, engine
+
+
+async def test_a_bad_input_fails_its_own_request_not_the_batch(
+    broker: MemoryBroker, tmp_path: Path
+) -> None:
+    features, model, engine = await logistic_engine(tmp_path)
     good = [features[i:i + 2] for i in (0, 2, 4)]
     bad = np.array([[np.nan, 0, 0, 0]], dtype=np.float32)  # scikit-learn refuses NaN
     tasks = [rows("g0", good[0]), rows("bad", bad), rows("g1", good[1]), rows("g2", good[2])]
@@ -192,11 +201,7 @@ async def test_a_bad_input_fails_its_own_request_not_the_batch(
 async def test_tensor_requests_share_a_call_and_get_their_own_rows(
     broker: MemoryBroker, tmp_path: Path
 ) -> None:
-    features, labels, _ = tm.dataset()
-    model = LogisticRegression(max_iter=200).fit(features, labels)
-    engine = RecordingClassic(base.Artifact(tm.save_joblib(model, tmp_path / "m.joblib"),
-                                            trust_pickle=True))
-    await engine.load()
+    features, model, engine = await logistic_engine(tmp_path)
     parts = [features[0:1], features[1:4], features[4:6]]
     finals = await serve(broker, spec(concurrency=1, max_batch_size=3), engine,
                          [rows(f"t{i}", part) for i, part in enumerate(parts)])
