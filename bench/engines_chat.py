@@ -64,10 +64,11 @@ def default_model_yaml() -> str:
 
 
 def section(workdir: Path, duration: int, serve: Serve) -> list[str]:
-    lines = [f"chat: {MODEL}, transformers engine as `make run` serves it, {TOKENS} tokens per "
-             "request, temperature 0 (direct: transformers generate on a padded batch, in the "
-             "bench's process)"]
     direct = Direct()
+    lines = [f"chat: {MODEL}, transformers engine as `make run` serves it "
+             f"({str(direct.dtype).removeprefix('torch.')}), {TOKENS} tokens per request, "
+             "temperature 0 (direct: transformers generate on a padded batch, in the bench's "
+             "process)"]
     with serve(default_model_yaml(), workdir, "chat") as served:
         url = f"{served.url}/v1/chat/completions"
         headers = {"Authorization": f"Bearer {served.token}"}
@@ -129,21 +130,24 @@ async def _through_gateway(
 
 class Direct:
     """The model called directly with transformers, as the engine loads it (the converted GGUF
-    folder, float32, the engine's default thread count)."""
+    folder, the dtype ``auto`` resolves to, its linear layers packed where the engine packs
+    them, the engine's default thread count)."""
 
     def __init__(self) -> None:
-        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from uplion import fetch
         from uplion.models.spec import FetchSpec
-        from uplion.worker.engines import devices, hf_loading
+        from uplion.worker.engines import devices, hf_cpu_linear, hf_loading
 
         entry = yaml.safe_load(default_model_yaml())["models"][0]
         path = fetch.fetch(entry["source"], FetchSpec())
         folder = hf_loading.plan(path, None).folder
         devices.set_cpu_threads(None)
-        model: Any = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        self.dtype = devices.torch_dtype("cpu", "auto", decodes=True)
+        model: Any = AutoModelForCausalLM.from_pretrained(folder, dtype=self.dtype)
+        if hf_cpu_linear.can_pack(model):
+            hf_cpu_linear.pack(model)
         self.model = model.eval()
         self.tokenizer = AutoTokenizer.from_pretrained(folder, padding_side="left")
         self.run(1, 0.0)  # warm up

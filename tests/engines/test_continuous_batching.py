@@ -51,6 +51,9 @@ async def llama(llama_dir: Path) -> AsyncIterator[TransformersEngine]:
 
 
 async def loaded(path: Path, **options: Any) -> TransformersEngine:
+    """The engine on the CPU in float32: a batched answer equals the solo one exactly there (in
+    bfloat16 a different batch shape may round a near tie the other way)."""
+    options.setdefault("dtype", "float32")
     engine = TransformersEngine(base.Artifact(path=path, device="cpu"), **options)
     await engine.load()
     return engine

@@ -34,6 +34,9 @@ TEXTS = ["the cat sat on the mat", "a big red car", "the quick fox jumps over th
 
 
 async def loaded(path: Path, **options: Any) -> TransformersEngine:
+    """The engine on the CPU, in float32 unless a dtype is named (``auto`` decodes in bfloat16
+    on a CPU that has it, and answers are compared with transformers' own in float32)."""
+    options.setdefault("dtype", "float32")
     engine = TransformersEngine(base.Artifact(path=path, device="cpu"), **options)
     await engine.load()
     return engine

@@ -5,6 +5,7 @@ suited to it. Shared by the local engines; PyTorch is imported only when these a
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from uplion.worker.engines import base
@@ -46,9 +47,11 @@ def resolve_device(requested: str) -> str:
     )
 
 
-def torch_dtype(device: str, requested: str = "auto") -> torch.dtype:
-    """The dtype to load weights in: ``requested``, or for ``auto`` float32 on the CPU and
-    bfloat16 (float16 where the GPU lacks it) on CUDA."""
+def torch_dtype(device: str, requested: str = "auto", decodes: bool = False) -> torch.dtype:
+    """The dtype to load weights in: ``requested``, or for ``auto`` bfloat16 (float16 where the
+    GPU lacks it) on CUDA; on the CPU float32, except bfloat16 for a model that ``decodes`` text
+    on a CPU with bfloat16 instructions (decoding reads every weight once per step: half the
+    bytes, and the answers stay right, see ``bench/generation_dtype.py``)."""
     import torch
 
     if requested not in DTYPES:
@@ -59,9 +62,27 @@ def torch_dtype(device: str, requested: str = "auto") -> torch.dtype:
         dtype: torch.dtype = getattr(torch, requested)
         return dtype
     if device == "cpu":
-        return torch.float32
+        return torch.bfloat16 if decodes and cpu_has_bfloat16() else torch.float32
     with torch.cuda.device(device):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+"""CPU flags of native bfloat16 arithmetic (x86 AVX-512 and AMX, Arm's ``bf16`` feature);
+without them PyTorch emulates bfloat16, slower than float32."""
+
+
+def cpu_has_bfloat16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether the CPU computes in bfloat16 natively (``False`` where ``cpuinfo`` is unreadable)."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return False
+    for line in text.splitlines():
+        name, _, value = line.partition(":")
+        if name.strip() in ("flags", "Features"):
+            return not _BF16_FLAGS.isdisjoint(value.split())
+    return False
 
 
 def set_cpu_threads(threads: int | None) -> int:

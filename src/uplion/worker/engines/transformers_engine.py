@@ -118,10 +118,15 @@ class TransformersEngine(base.Engine):
         transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
         plan = hf_loading.plan(self.artifact.path, self.task)
         device = devices.resolve_device(self.artifact.device)
-        dtype = devices.torch_dtype(device, self.dtype)
+        dtype = devices.torch_dtype(device, self.dtype, decodes=plan.task == "text-generation")
         threads = devices.set_cpu_threads(self.threads) if device == "cpu" else None
         started = time.perf_counter()
         model, tokenizer = hf_loading.load(plan, device, dtype)
+        if plan.task == "text-generation" and not plan.encoder_decoder and device == "cpu":
+            from uplion.worker.engines import hf_cpu_linear  # defines a torch module
+
+            if hf_cpu_linear.can_pack(model):
+                logger.info("packed %d linear layers for oneDNN", hf_cpu_linear.pack(model))
         self._plan, self._model, self._tokenizer, self._device = plan, model, tokenizer, device
         self._model_thread = model_thread = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="transformers-model"
