@@ -43,14 +43,17 @@ def main() -> None:
     threads = devices.set_cpu_threads(None)
     tokenizer = AutoTokenizer.from_pretrained(folder)
 
-    def load(dtype: Any, packed: bool = False) -> Any:
+    def load(dtype: Any, packed: bool = False) -> tuple[Any, int]:
+        """The model, and the bytes of weights a decoding step reads (counted before packing:
+        packed weights are no parameters)."""
         model: Any = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
         model.eval()
+        weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
         if packed:
             hf_cpu_linear.pack(model)
-        return model
+        return model, weight_bytes
 
-    reference = load(torch.float32)
+    reference, reference_bytes = load(torch.float32)
     prompts = [_prompt(tokenizer, index) for index in range(len(TOPICS))]
     with torch.inference_mode():
         answers = [reference.generate(p, max_new_tokens=96, do_sample=False,
@@ -65,17 +68,16 @@ def main() -> None:
     print(f"generation dtype: {entry['name']} on {threads} torch threads, "
           f"memory read {bandwidth / 1e9:.1f} GB/s; dtype auto here: "
           f"{str(auto).removeprefix('torch.')}")
-    variants: list[tuple[str, Callable[[], Any]]] = [
-        ("float32", lambda: reference),
+    variants: list[tuple[str, Callable[[], tuple[Any, int]]]] = [
+        ("float32", lambda: (reference, reference_bytes)),
         ("bfloat16", lambda: load(torch.bfloat16)),
         ("bfloat16, packed", lambda: load(torch.bfloat16, packed=True)),
     ]
     for name, make in variants:
-        model = make()
+        model, weight_bytes = make()
         ranks = _top1(model, sequences)
         agree = sum(int((a == b).sum()) for a, b in zip(ranks, reference_ranks, strict=True))
         total = sum(r.numel() for r in ranks)
-        weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
         bound = bandwidth / weight_bytes
         speed = _single_stream(model, tokenizer, prompts[0])
         print(f"  {name:<17} {speed:>5.1f} tok/s (bandwidth bound {bound:>5.1f})  "

@@ -45,6 +45,11 @@ def test_auto_decodes_in_bfloat16_on_such_a_cpu_and_encodes_in_float32() -> None
     assert devices.torch_dtype("cpu", "float32", decodes=True) == torch.float32
 
 
+@pytest.mark.parametrize(("cpus", "threads"), [(1, 1), (2, 1), (3, 2), (64, 2)])
+def test_torch_threads_leave_a_cpu_to_the_rest_of_the_process(cpus: int, threads: int) -> None:
+    assert devices.default_cpu_threads(cpus) == threads
+
+
 @pytest.mark.parametrize("shape", [(1, 48), (3, 48), (2, 5, 48)])
 @pytest.mark.parametrize("bias", [True, False])
 def test_a_packed_layer_computes_what_the_linear_layer_computes(
