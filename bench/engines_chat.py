@@ -65,10 +65,14 @@ def default_model_yaml() -> str:
 
 def section(workdir: Path, duration: int, serve: Serve) -> list[str]:
     direct = Direct()
+    bandwidth = read_bandwidth()
     lines = [f"chat: {MODEL}, transformers engine as `make run` serves it "
              f"({str(direct.dtype).removeprefix('torch.')}), {TOKENS} tokens per request, "
              "temperature 0 (direct: transformers generate on a padded batch, in the bench's "
-             "process)"]
+             "process)",
+             f"  one stream's memory bound: {direct.weight_bytes / 1e6:.0f} MB of weights read per "
+             f"token at {bandwidth / 1e9:.1f} GB/s = {bandwidth / direct.weight_bytes:.0f} tok/s "
+             "(the issue's float32 figure: 0.54 GB at 23 GB/s, about 25 tok/s)"]
     with serve(default_model_yaml(), workdir, "chat") as served:
         url = f"{served.url}/v1/chat/completions"
         headers = {"Authorization": f"Bearer {served.token}"}
@@ -146,6 +150,7 @@ class Direct:
         devices.set_cpu_threads(None)
         self.dtype = devices.torch_dtype("cpu", "auto", decodes=True)
         model: Any = AutoModelForCausalLM.from_pretrained(folder, dtype=self.dtype)
+        self.weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
         if hf_cpu_linear.can_pack(model):
             hf_cpu_linear.pack(model)
         self.model = model.eval()
@@ -211,3 +216,16 @@ class _FirstToken:
 
     def end(self) -> None:
         return None
+
+
+def read_bandwidth() -> float:
+    """Bytes per second this machine reads: summing 512 MiB of floats, best of five."""
+    import torch
+
+    values = torch.ones(2**27, dtype=torch.float32)
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        values.sum()
+        best = min(best, time.perf_counter() - started)
+    return values.numel() * 4 / best

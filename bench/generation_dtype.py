@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from bench.engines_chat import TOPICS, default_model_yaml, messages
+from bench.engines_chat import TOPICS, default_model_yaml, messages, read_bandwidth
 
 TOKENS = 64
 PASSAGE_TOKENS = 512
@@ -62,7 +62,7 @@ def main() -> None:
     passage = tokenizer(passage_text, return_tensors="pt")["input_ids"][:, :PASSAGE_TOKENS]
     sequences = [*answers, passage]
     reference_ranks = _top1(reference, sequences)
-    bandwidth = _read_bandwidth()
+    bandwidth = read_bandwidth()
     auto = devices.torch_dtype("cpu", "auto", decodes=True)
 
     print(f"generation dtype: {entry['name']} on {threads} torch threads, "
@@ -120,19 +120,6 @@ def _single_stream(model: Any, tokenizer: Any, prompt: Any) -> float:
                            pad_token_id=tokenizer.pad_token_id)
             best = max(best, TOKENS / (time.perf_counter() - started))
     return best
-
-
-def _read_bandwidth() -> float:
-    """Bytes per second read by summing 512 MiB of floats (best of five)."""
-    import torch
-
-    values = torch.ones(2**27, dtype=torch.float32)
-    best = float("inf")
-    for _ in range(5):
-        started = time.perf_counter()
-        values.sum()
-        best = min(best, time.perf_counter() - started)
-    return values.numel() * 4 / best
 
 
 if __name__ == "__main__":
