@@ -103,6 +103,18 @@ def tokens(url: str, log: Path) -> dict[str, str]:
     return {"auth": found.group(1), "limits": limited["token"]}
 
 
+def wait_for_model(url: str, token: str, model: str = "echo", timeout_s: float = 120.0) -> None:
+    """Wait until ``model`` has a worker serving it: the gateway is ready before its workers
+    are (on Redis they are processes that take seconds to start), and a measurement that began
+    earlier would time their start-up, not the request path."""
+    deadline = time.monotonic() + timeout_s
+    headers = {"Authorization": f"Bearer {token}"}
+    while httpx.get(f"{url}/v2/models/{model}/ready", headers=headers).status_code != 200:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"model {model} was not ready within {timeout_s:.0f} s")
+        time.sleep(0.1)
+
+
 def wrk(url: str, concurrency: int, duration: int, script: Path) -> Figures:
     output = subprocess.run(
         ["wrk", "-t1", f"-c{concurrency}", f"-d{duration}s", "--latency", "-s", str(script),
@@ -162,7 +174,9 @@ def main() -> None:
                            "--broker", broker_url, "--port", str(port)]
                 log = workdir / f"{name}.log"
                 with server(command, port, "/v2/health/ready", log, workdir / name) as url:
-                    for kind, token in tokens(url, log).items():
+                    by_kind = tokens(url, log)
+                    wait_for_model(url, by_kind["auth"])
+                    for kind, token in by_kind.items():
                         authorized = workdir / f"{name}-{kind}.lua"
                         authorized.write_text(LUA.replace("TOKEN", token))
                         results[f"{name}+{kind}"] = measure(url, levels, args.duration, authorized)

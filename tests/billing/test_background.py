@@ -87,3 +87,46 @@ async def test_a_stop_flushes_what_is_held(database: db.Database) -> None:
     assert thread.aggregator.write_transactions == 1
     assert (await totals(database)).requests == 10
     assert await usage.read(10, block_ms=1) == []  # acked
+
+
+class Counted(Watched):
+    """A memory stream that counts the reads that found entries and tells when ``expected``
+    entries were read."""
+
+    def __init__(self, expected: int) -> None:
+        super().__init__()
+        self.expected = expected
+        self.reads = 0
+        self.all_read = asyncio.Event()
+
+    async def read(self, count: int, block_ms: int) -> list[stream.Entry]:
+        entries = await super().read(count, block_ms)
+        self.reads += bool(entries)
+        if self.read_entries >= self.expected:
+            self.all_read.set()
+        return entries
+
+
+async def test_events_that_trickle_in_cross_to_the_thread_in_batches(
+    database: db.Database,
+) -> None:
+    """Each read wakes the gateway's loop and takes the GIL from it: one per event (a request
+    at a time) would cost every request that, so events gather between reads."""
+    usage = Counted(expected=100)
+    thread = background.AggregatorThread(usage, database.url, flush_events=1000,
+                                         flush_seconds=3600)
+    running = asyncio.create_task(thread.run())
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    for index in range(100):  # one request at a time, a millisecond apart
+        usage.emit(make_event(index))
+        await asyncio.sleep(0.001)
+    async with asyncio.timeout(10):
+        await usage.all_read.wait()
+    elapsed = loop.time() - started
+    thread.stop()
+    await running
+
+    assert usage.reads <= 2 + elapsed / background.GATHER_S
+    assert thread.aggregator is not None
+    assert thread.aggregator.events_applied == 100

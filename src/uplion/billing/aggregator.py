@@ -46,10 +46,13 @@ _PRUNE_INTERVAL_S = 60.0
 def fold(batch: Iterable[events.UsageEvent]) -> dict[tables.BucketKey, tables.Counters]:
     """Sum the events by (user, token, model, version, hour)."""
     buckets: dict[tables.BucketKey, tables.Counters] = {}
+    hours: dict[float, datetime] = {}  # a batch spans an hour or two: one datetime for each
     for event in batch:
-        key = tables.BucketKey(
-            event.user_id, event.token_id, event.model, event.version, tables.hour_of(event.at)
-        )
+        start = event.at - event.at % 3600
+        hour = hours.get(start)
+        if hour is None:
+            hour = hours[start] = tables.hour_of(start)
+        key = tables.BucketKey(event.user_id, event.token_id, event.model, event.version, hour)
         counters = buckets.get(key)
         if counters is None:
             counters = buckets[key] = tables.Counters()

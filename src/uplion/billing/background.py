@@ -4,7 +4,9 @@ A flush builds SQL statements and reads their results in Python: run in the gate
 loop, it would hold every request waiting on that loop for as long. Here the aggregator runs in
 a thread with its own event loop and its own engine on the database (connections belong to the
 loop that opened them). It reads and acks the usage stream through the loop that owns the stream
-(``LoopStream``), which costs that loop a read and an ack per batch, nothing per event.
+(``LoopStream``). Each read wakes that loop and passes the GIL between the two threads, so after
+a read that drained the stream the next waits ``GATHER_S`` for events to gather: otherwise a
+request at a time costs a read per event, and the request behind it waits for the GIL.
 
 Exactly-once is the aggregator's own argument, unchanged: the same stream, the same transaction
 per flush, acks after the commit.
@@ -25,6 +27,9 @@ from uplion.billing import aggregator, events, stream
 logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
+GATHER_S = 0.1
+"""How long events gather after a read that drained the stream, before the next read."""
+
 Observer = Callable[[Sequence[events.UsageEvent], float], None]
 """What ``Aggregator`` calls after each committed flush (its ``observe``)."""
 
@@ -37,12 +42,19 @@ class LoopStream(stream.UsageStream):
                          retention_s=usage.retention_s)
         self._usage = usage
         self._loop = loop
+        self._drained = False
 
     def emit(self, event: events.UsageEvent) -> None:
         self._loop.call_soon_threadsafe(self._usage.emit, event)
 
     async def read(self, count: int, block_ms: int) -> list[stream.Entry]:
-        return await self._on_loop(self._usage.read(count, block_ms))
+        if self._drained:  # let events gather rather than cross for each one
+            gather_ms = min(block_ms, round(GATHER_S * 1000))
+            await asyncio.sleep(gather_ms / 1000)
+            block_ms -= gather_ms
+        entries = await self._on_loop(self._usage.read(count, block_ms))
+        self._drained = len(entries) < count
+        return entries
 
     async def ack(self, entry_ids: Sequence[str]) -> None:
         await self._on_loop(self._usage.ack(entry_ids))

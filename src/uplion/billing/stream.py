@@ -366,6 +366,8 @@ class RedisUsageStream(UsageStream):
 
     def _see_epoch(self, epoch: str) -> None:
         """Put back in the send buffer every unread event Redis took in another epoch."""
+        if epoch == self._epoch.value:  # every unread event was taken in it: nothing to scan
+            return
         self._epoch.observe(epoch)
         lost = [sent for sent in self._unread if sent.epoch != epoch]
         if not lost:
