@@ -204,7 +204,8 @@ async def test_a_prompt_longer_than_the_context_is_a_400(causal: TransformersEng
 
 @session_loop
 async def test_generation_stops_at_the_end_of_the_context(causal: TransformersEngine) -> None:
-    deltas = await collect(causal.complete("the " * 4090, base.GenerationParams(max_tokens=50)))
+    deltas = await collect(causal.complete(
+        "the " * 4090, base.GenerationParams(max_tokens=50, temperature=0.0)))
 
     assert deltas[-1].usage == base.protocol.Usage(prompt_tokens=4090, completion_tokens=6)
     assert deltas[-1].finish_reason == "length"

@@ -15,6 +15,7 @@ from uplion.models import EngineSpec, ModelSpec
 from uplion.worker import Worker
 from uplion.worker.engines import base
 from uplion.worker.engines.echo import EchoEngine
+from uplion.worker.metrics import WorkerMetrics
 
 REPLY_TO = "gw-test"
 
@@ -231,3 +232,44 @@ async def test_the_heartbeat_carries_the_model_s_context_length(broker: MemoryBr
     info = Worker(broker, spec(), engine).model_info()
     assert engine.info.context_length is not None
     assert info.context_length == engine.info.context_length
+
+
+class StoppedEngine(GatedEngine):
+    """A gated engine that says when a generation of it stops."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started = asyncio.Event()
+        self.stopped = asyncio.Event()
+
+    async def _gen(self) -> AsyncIterator[base.TextDelta]:
+        self.started.set()
+        try:
+            async for delta in super()._gen():
+                yield delta
+        finally:
+            self.stopped.set()
+
+
+async def test_a_task_past_its_deadline_is_stopped_and_acknowledged(
+    broker: MemoryBroker,
+) -> None:
+    replies = Replies()
+    await broker.subscribe_replies(REPLY_TO, replies)
+    engine = StoppedEngine()
+    metrics = WorkerMetrics()
+    worker = Worker(broker, spec(), engine, metrics=metrics)
+    await broker.publish(worker.topic, task("late", ttl=0.5))
+    run = asyncio.create_task(worker.run())
+    async with asyncio.timeout(5):
+        await engine.started.wait()
+        await engine.stopped.wait()  # the deadline stopped it: the engine was never released
+        worker.stop()
+        await run
+    assert engine.running == 0
+    assert replies.finals == {}  # the gateway answers a request past its deadline itself
+    assert metrics.registry.get_sample_value(
+        "uplion_worker_tasks_total", {"model": "m", "version": "1", "outcome": "deadline"}
+    ) == 1
+    backlog = await broker.backlog(worker.topic, protocol.WORKER_GROUP)
+    assert (backlog.waiting, backlog.in_flight) == (0, 0)  # acknowledged, not given back

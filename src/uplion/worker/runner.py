@@ -296,8 +296,8 @@ class Worker:
                 outcome = "expired"
                 log.info("task %s expired in the queue; dropped", task.id)
             else:
-                await asyncio.wait_for(self._answer(task, sender, progress),
-                                       task.deadline - time.time())
+                async with asyncio.timeout(task.deadline - time.time()):  # no task of its own
+                    await self._answer(task, sender, progress)
         except asyncio.CancelledError:
             self._answering.discard(task.id)
             why = self._stopped.pop(task.id, None)

@@ -5,8 +5,8 @@ model generates text (chat through the tokenizer's own chat template, completion
 causal LM batches its concurrent generations continuously, see ``hf_batching``, and holds as many
 as its KV cache budget does, see ``hf_capacity``; others decode one by one, see
 ``hf_generation``), a sentence-transformers folder or an encoder loaded with ``task: embedding``
-embeds texts (see ``hf_pooling``), and a sequence classifier labels them. All model and tokenizer
-calls run on one dedicated model thread.
+embeds texts (see ``hf_pooling``, and ``hf_traced`` for its pass as one graph), and a sequence
+classifier labels them. All model and tokenizer calls run on one dedicated model thread.
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ class TransformersEngine(base.Engine):
         self._device = "cpu"
         self._model_thread: ThreadPoolExecutor | None = None
         self._generator: hf_generation.TextGenerator | None = None
+        self._encode: Any = None  # hf_traced.Encode: the embedding pass, traced where it can be
 
     async def load(self) -> None:
         await asyncio.to_thread(self._load)
@@ -165,6 +166,7 @@ class TransformersEngine(base.Engine):
         self._truncate_at = info.context_length = self._truncation(plan, context)
         info.inputs = [base.TensorSpec("text", "BYTES", [-1])]
         if plan.task == "embedding":
+            self._encode = model_thread.submit(self._embedding_pass).result()
             (vector,), _ = model_thread.submit(self._embed, ["Hello"]).result()
             info.embedding_dimensions = len(vector)
             info.outputs = [base.TensorSpec("embedding", "FP32", [-1, len(vector)])]
@@ -212,7 +214,7 @@ class TransformersEngine(base.Engine):
             self._generator.close()
         if self._model_thread is not None:
             self._model_thread.shutdown(wait=False, cancel_futures=True)
-        self._model_thread = self._generator = None
+        self._model_thread = self._generator = self._encode = None
         self._plan = self._model = self._tokenizer = None
 
     def _truncation(self, plan: hf_loading.Plan, context: int | None) -> int | None:
@@ -247,20 +249,39 @@ class TransformersEngine(base.Engine):
             raise RuntimeError("the transformers engine was closed")
         return await asyncio.wrap_future(self._model_thread.submit(call, texts))
 
-    def _batches(self, texts: list[str]) -> list[tuple[Any, list[int]]]:
-        """The tokenized batches of ``texts`` on the device, each with its texts' token
-        counts."""
+    def _tokenize(self, texts: list[str]) -> Any:
+        """``texts`` tokenized, padded to the longest, on the device."""
+        return self._tokenizer(
+            texts,
+            padding=True,
+            truncation=self._truncate_at is not None,
+            max_length=self._truncate_at,
+            return_tensors="pt",
+        ).to(self._device)
+
+    def _batches(self, texts: list[str]) -> list[tuple[list[int], Any, list[int]]]:
+        """The tokenized batches of ``texts``, texts of similar lengths together (each batch
+        pads to its longest text): each batch with the indices of its texts in ``texts`` and
+        their token counts."""
+        order = sorted(range(len(texts)), key=lambda index: len(texts[index]))
         batches = []
         for at in range(0, len(texts), _BATCH):
-            inputs = self._tokenizer(
-                texts[at : at + _BATCH],
-                padding=True,
-                truncation=self._truncate_at is not None,
-                max_length=self._truncate_at,
-                return_tensors="pt",
-            ).to(self._device)
-            batches.append((inputs, inputs["attention_mask"].sum(dim=1).tolist()))
+            indices = order[at : at + _BATCH]
+            inputs = self._tokenize([texts[index] for index in indices])
+            batches.append((indices, inputs, inputs["attention_mask"].sum(dim=1).tolist()))
         return batches
+
+    def _embedding_pass(self) -> Any:
+        """The forward pass and pooling of embeddings: traced into one graph where the model
+        allows (``hf_traced``), else eager."""
+        from uplion.worker.engines import hf_traced  # defines a torch module
+
+        pooling = self._pooling()
+        encode = hf_traced.traced(self._model, self._tokenize, pooling)
+        if encode is not None:
+            logger.info("the embedding pass runs as one traced graph")
+            return encode
+        return hf_traced.eager(self._model, pooling)
 
     def _embed(self, texts: list[str]) -> tuple[list[list[float]], list[int]]:
         import torch
@@ -268,14 +289,13 @@ class TransformersEngine(base.Engine):
         pooling = self._pooling()
         if pooling.lower_case:
             texts = [text.lower() for text in texts]
-        vectors: list[list[float]] = []
-        tokens: list[int] = []
+        vectors: list[list[float]] = [[] for _ in texts]
+        tokens = [0] * len(texts)
         with torch.inference_mode():
-            for inputs, counts in self._batches(texts):
-                hidden = self._model(**inputs).last_hidden_state
-                pooled = hf_pooling.pool(hidden, inputs["attention_mask"], pooling)
-                vectors.extend(pooled.cpu().tolist())
-                tokens.extend(counts)
+            for indices, inputs, counts in self._batches(texts):
+                pooled = self._encode(inputs).cpu().tolist()
+                for index, vector, count in zip(indices, pooled, counts, strict=True):
+                    vectors[index], tokens[index] = vector, count
         return vectors, tokens
 
     def _classify(self, texts: list[str]) -> tuple[list[list[tuple[str, float]]], list[int]]:
@@ -284,16 +304,16 @@ class TransformersEngine(base.Engine):
         config = self._model.config
         multi_label = config.problem_type == "multi_label_classification"
         names = config.id2label
-        labels: list[list[tuple[str, float]]] = []
-        tokens: list[int] = []
+        labels: list[list[tuple[str, float]]] = [[] for _ in texts]
+        tokens = [0] * len(texts)
         with torch.inference_mode():
-            for inputs, counts in self._batches(texts):
+            for indices, inputs, counts in self._batches(texts):
                 logits = self._model(**inputs).logits.float()
                 scores = torch.sigmoid(logits) if multi_label else torch.softmax(logits, dim=-1)
-                for row in scores.cpu().tolist():
+                for index, row, count in zip(indices, scores.cpu().tolist(), counts, strict=True):
                     ranked = sorted(enumerate(row), key=lambda item: item[1], reverse=True)
-                    labels.append([(str(names.get(i, i)), float(s)) for i, s in ranked])
-                tokens.extend(counts)
+                    labels[index] = [(str(names.get(i, i)), float(s)) for i, s in ranked]
+                    tokens[index] = count
         return labels, tokens
 
     def _pooling(self) -> hf_pooling.Pooling:
