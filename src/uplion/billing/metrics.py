@@ -52,11 +52,21 @@ class BillingMetrics:
         self.events.inc(len(applied))
         self.last_flush.set(at)
         self.lag.set(max(0.0, at - min(event.at for event in applied)))
+        # summed per (tenant, model) first: a label lookup per event cost a 500-event flush
+        # about 2.4 ms, holding the GIL from the gateway sharing the process
+        sums: dict[tuple[str, str], list[int]] = {}
         for event in applied:
-            tenant = self._tenant(event.user_id)
-            self.requests.labels(tenant, event.model).inc()
-            self.tokens.labels(tenant, event.model, "prompt").inc(event.prompt_tokens)
-            self.tokens.labels(tenant, event.model, "completion").inc(event.completion_tokens)
+            key = (self._tenant(event.user_id), event.model)
+            counts = sums.get(key)
+            if counts is None:
+                counts = sums[key] = [0, 0, 0]
+            counts[0] += 1
+            counts[1] += event.prompt_tokens
+            counts[2] += event.completion_tokens
+        for (tenant, model), (requests, prompt, completion) in sums.items():
+            self.requests.labels(tenant, model).inc(requests)
+            self.tokens.labels(tenant, model, "prompt").inc(prompt)
+            self.tokens.labels(tenant, model, "completion").inc(completion)
 
     def _tenant(self, user_id: str) -> str:
         if user_id in self._tenants:
