@@ -59,9 +59,14 @@ TENSOR_MODEL = """models:
 """
 FEATURES = 8
 _LUA = """wrk.method = "POST"
-wrk.body = [[BODY]]
 wrk.headers["Content-Type"] = "application/json"
 HEADERS
+local bodies = {BODIES}
+local sent = 0
+request = function()
+  sent = sent + 1
+  return wrk.format(nil, nil, nil, bodies[(sent - 1) % #bodies + 1])
+end
 """
 
 
@@ -143,11 +148,13 @@ def uplion(models: str, workdir: Path, name: str) -> Iterator[Served]:
 
 
 def wrk(url: str, body: object, concurrency: int, duration: int, token: str | None,
-        workdir: Path) -> float:
-    """Requests/s answered with a 200, `wrk` posting ``body`` over ``concurrency`` connections."""
+        workdir: Path, *more: object) -> float:
+    """Requests/s answered with a 200, `wrk` posting ``body`` (and each of ``more`` in turn,
+    round robin) over ``concurrency`` connections."""
     script = workdir / f"post-{time.monotonic_ns()}.lua"
     headers = f'wrk.headers["Authorization"] = "Bearer {token}"' if token else ""
-    script.write_text(_LUA.replace("BODY", json.dumps(body)).replace("HEADERS", headers))
+    bodies = ", ".join(f"[[{json.dumps(one)}]]" for one in (body, *more))
+    script.write_text(_LUA.replace("BODIES", bodies).replace("HEADERS", headers))
     output = subprocess.run(
         ["wrk", "-t1", f"-c{concurrency}", f"-d{duration}s", "--timeout", "60s", "-s",
          str(script), url],
@@ -183,7 +190,8 @@ def embeddings_section(workdir: Path, duration: int) -> list[str]:
             many, one = {"model": "minilm", "input": texts}, {"model": "minilm", "input": texts[0]}
             warm_up(served, url, [many, many, one])
             batched = wrk(url, many, 1, duration, served.token, workdir) * TEXTS
-            single = wrk(url, one, TEXTS, duration, served.token, workdir)
+            single = wrk(url, one, TEXTS, duration, served.token, workdir,
+                         *({"model": "minilm", "input": text} for text in texts[1:]))
             rss = served.peak_rss_mb()
         figures[label] = single / batched
         lines.append(_line(f"{label}: 1 request of {TEXTS} texts", batched, "texts/s", rss))
