@@ -62,6 +62,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.admission
 	$(BIN)/python -m bench.upstream
 	$(BIN)/python -m bench.engines
+	$(BIN)/python -m bench.generation_dtype
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
