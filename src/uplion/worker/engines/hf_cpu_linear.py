@@ -7,8 +7,9 @@ frozen weights, here without compiling), each step reads the weights at close to
 speed. Measured on a 2-core AMD EPYC (AVX-512 bf16), SmolLM2-135M in bfloat16: a step of one
 sequence 58.8 -> 34.2 ms, of eight 71.6 -> 48.2 ms.
 
-Only the linear layers of a model loaded in bfloat16 on the CPU are packed: for float32 the
-plain path is as fast. The packed weight replaces the layer's own; tied weights (an output layer
+Only the linear layers of a model loaded in bfloat16 on the CPU are packed (what ``dtype: auto``
+decodes in where the CPU has bfloat16 instructions); float32 keeps PyTorch's own path. The packed
+weight replaces the layer's own; tied weights (an output layer
 sharing the input embedding) get a packed copy, the embedding keeps its tensor.
 """
 
