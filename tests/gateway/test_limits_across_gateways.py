@@ -29,7 +29,7 @@ def test_three_gateways_admit_exactly_the_limit(clean_redis: str, tmp_path: Path
             statuses = asyncio.run(_fire([g.url for g in gateways], token, 500))
     finally:
         helpers.stop(worker)
-    assert statuses == Counter({200: 100, 429: 400})
+    assert statuses == Counter({"200": 100, "429 rate_limit_exceeded": 400})
 
 
 def _limited_token(url: str, admin_token: str) -> str:
@@ -40,7 +40,8 @@ def _limited_token(url: str, admin_token: str) -> str:
     return str(created.json()["token"])
 
 
-async def _fire(urls: list[str], token: str, count: int) -> Counter[int]:
+async def _fire(urls: list[str], token: str, count: int) -> Counter[str]:
+    """The answers' statuses, with the error code of each refusal."""
     body = {"model": "echo", "messages": [{"role": "user", "content": "hi"}]}
     headers = {"Authorization": f"Bearer {token}"}
     limits = httpx.Limits(max_connections=count)
@@ -50,4 +51,8 @@ async def _fire(urls: list[str], token: str, count: int) -> Counter[int]:
                         headers=headers)
             for index in range(count)
         ))
-    return Counter(response.status_code for response in responses)
+    return Counter(
+        str(response.status_code) if response.status_code == 200
+        else f"{response.status_code} {response.json()['error']['code']}"
+        for response in responses
+    )
